@@ -1,0 +1,146 @@
+"""n2w settings: every knob in one place, read from ``N2W_*`` environment variables.
+
+Defaults describe the reference fleet. ``Settings.from_env()`` is the only reader of
+the environment; everything else receives a ``Settings`` value.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+REFERENCE_SHIPS: tuple[str, ...] = (
+    "IMO9976903",
+    "IMO9976915",
+    "IMO9976927",
+    "IMO9976939",
+    "IMO9986051",
+    "IMO9986063",
+    "IMO9986087",
+    "IMO9986104",
+)
+
+REFERENCE_HULLS: dict[str, str] = {
+    "H2546": "IMO9976903",
+    "H2547": "IMO9976915",
+    "H2548": "IMO9976927",
+    "H2549": "IMO9976939",
+    "H2559": "IMO9986051",
+    "H2560": "IMO9986087",
+}
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def _pairs(value: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in _split(value):
+        key, sep, val = item.partition("=")
+        if not sep or not key.strip() or not val.strip():
+            raise ValueError(f"N2W_HULLS: expected HULL=IMO pairs, got {item!r}")
+        out[key.strip()] = val.strip()
+    return out
+
+
+@dataclass(frozen=True)
+class SourceColumns:
+    """Column names of the narrow source table."""
+
+    id: str = "id"
+    ship_id: str = "ship_id"
+    channel: str = "data_channel_id"
+    created_time: str = "created_time"
+    server_created_time: str = "server_created_time"
+    bool_v: str = "bool_v"
+    str_v: str = "str_v"
+    long_v: str = "long_v"
+    double_v: str = "double_v"
+    value_format: str = "value_format"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved configuration. Field docs double as the README's configuration table."""
+
+    database_url: str | None = None
+    """N2W_DATABASE_URL: PostgreSQL URL; unset starts an embedded server under state_dir."""
+    source_schema: str = "tenant"
+    """N2W_SOURCE_SCHEMA: schema of the narrow table."""
+    source_table: str = "tbl_data_timeseries"
+    """N2W_SOURCE_TABLE: the narrow table."""
+    columns: SourceColumns = field(default_factory=SourceColumns)
+    """N2W_COL_<NAME> (e.g. N2W_COL_CHANNEL): source column names."""
+    target_schema: str = "tenant"
+    """N2W_TARGET_SCHEMA: schema of the wide tables and n2w's own tables."""
+    table_pattern: str = "tbl_data_timeseries_{ship_lower}_{group}"
+    """N2W_TABLE_PATTERN: wide table name; fields {ship}, {ship_lower}, {group}."""
+    ships: tuple[str, ...] = REFERENCE_SHIPS
+    """N2W_SHIPS: comma-separated ship ids (the ship partition dimension)."""
+    partition_start: str = "2025-01-01-00:00"
+    """N2W_PARTITION_START: first hourly partition, YYYY-MM-DD-HH:MM."""
+    channel_lists_dir: Path = Path("channel_lists")
+    """N2W_CHANNEL_LISTS: folder of channel list files, one per group."""
+    migration_dir: Path = Path("migration_data")
+    """N2W_MIGRATION_DIR: folder watched for CSV correction files."""
+    hulls: Mapping[str, str] = field(default_factory=lambda: dict(REFERENCE_HULLS))
+    """N2W_HULLS: hull → IMO map for correction files, HULL=IMO,..."""
+    csv_time_offset_hours: float = 0.0
+    """N2W_CSV_TIME_OFFSET_HOURS: added to CSV timestamps to reach created_time's clock."""
+    state_dir: Path = Path(".n2w")
+    """N2W_STATE_DIR: embedded PostgreSQL data and Dagster local state."""
+    slice_hours: int = 6
+    """N2W_SLICE_HOURS: hours extracted, pivoted and written per transaction."""
+    run_hours: int = 168
+    """N2W_RUN_HOURS: partitions per backfill run (BackfillPolicy.multi_run)."""
+
+    @property
+    def source_qualified(self) -> tuple[str, str]:
+        return (self.source_schema, self.source_table)
+
+    def table_name(self, ship: str, group: int) -> str:
+        return self.table_pattern.format(ship=ship, ship_lower=ship.lower(), group=group)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        kw: dict[str, object] = {}
+
+        def get(name: str) -> str | None:
+            value = env.get(f"N2W_{name}")
+            return value if value not in (None, "") else None
+
+        if (v := get("DATABASE_URL")) is not None:
+            kw["database_url"] = v
+        for name in ("source_schema", "source_table", "target_schema", "table_pattern",
+                     "partition_start"):
+            if (v := get(name.upper())) is not None:
+                kw[name] = v
+        if (v := get("SHIPS")) is not None:
+            kw["ships"] = _split(v)
+        if (v := get("HULLS")) is not None:
+            kw["hulls"] = _pairs(v)
+        if (v := get("CHANNEL_LISTS")) is not None:
+            kw["channel_lists_dir"] = Path(v)
+        if (v := get("MIGRATION_DIR")) is not None:
+            kw["migration_dir"] = Path(v)
+        if (v := get("STATE_DIR")) is not None:
+            kw["state_dir"] = Path(v)
+        if (v := get("CSV_TIME_OFFSET_HOURS")) is not None:
+            kw["csv_time_offset_hours"] = float(v)
+        for name in ("slice_hours", "run_hours"):
+            if (v := get(name.upper())) is not None:
+                kw[name] = int(v)
+                if kw[name] < 1:
+                    raise ValueError(f"N2W_{name.upper()} must be >= 1, got {v}")
+        cols = {
+            f.name: env[f"N2W_COL_{f.name.upper()}"]
+            for f in fields(SourceColumns)
+            if env.get(f"N2W_COL_{f.name.upper()}")
+        }
+        kw["columns"] = SourceColumns(**cols)
+        return cls(**kw)  # type: ignore[arg-type]
+

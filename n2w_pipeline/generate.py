@@ -1,0 +1,121 @@
+"""Synthetic narrow rows in the fleet's real schema, generated inside PostgreSQL.
+
+Every listed channel reports every 15 s, minus ~5 % missing samples; formats are spread
+over Decimal, Integer, Boolean and String (a few strings do not parse, e.g. ``n/a``); a few
+channels that are in no list report too. The same seed gives the same rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+import psycopg
+from psycopg import sql
+
+from n2w_pipeline.channels import ChannelCatalog
+from n2w_pipeline.config import Settings
+
+UNKNOWN_CHANNELS = ("/n2w_synthetic/unknown/a", "/n2w_synthetic/unknown/b", "/n2w_synthetic/unknown/c")
+CADENCE = dt.timedelta(seconds=15)
+
+
+def create_source_table(conn: psycopg.Connection, settings: Settings) -> None:
+    """The narrow table as the fleet has it (FACTS.md), if it does not exist yet."""
+    c = settings.columns
+    schema, table = settings.source_qualified
+    ident = sql.Identifier
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident(schema)))
+    conn.execute(
+        sql.SQL(
+            """CREATE TABLE IF NOT EXISTS {src} (
+    {id} bigserial NOT NULL, {ship} text NOT NULL, {ch} text NOT NULL,
+    {ct} timestamp NOT NULL, {sct} timestamp NULL,
+    {bv} bool NULL, {sv} text NULL, {lv} int8 NULL, {dv} float8 NULL, {vf} varchar(50) NULL,
+    CONSTRAINT {pk} PRIMARY KEY ({ship}, {ch}, {ct}))"""
+        ).format(
+            src=ident(schema, table), id=ident(c.id), ship=ident(c.ship_id), ch=ident(c.channel),
+            ct=ident(c.created_time), sct=ident(c.server_created_time), bv=ident(c.bool_v),
+            sv=ident(c.str_v), lv=ident(c.long_v), dv=ident(c.double_v), vf=ident(c.value_format),
+            pk=ident(f"{table}_pk"),
+        )
+    )
+    conn.execute(
+        sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING btree ({} DESC)").format(
+            ident(f"{table}_created_time_idx"), ident(schema, table), ident(c.created_time)
+        )
+    )
+
+
+def channel_formats(channels: Sequence[str]) -> list[tuple[str, str]]:
+    """A stable value format per channel: 70 % Decimal, 15 % Integer, 10 % Boolean, 5 % String."""
+    out = []
+    for i, ch in enumerate(channels):
+        r = i % 20
+        fmt = "String" if r == 0 else "Boolean" if r in (1, 2) else "Integer" if r in (3, 4, 5) else "Decimal"
+        out.append((ch, fmt))
+    return out
+
+
+def generate(
+    conn: psycopg.Connection,
+    settings: Settings,
+    catalog: ChannelCatalog,
+    ships: Sequence[str],
+    start: dt.datetime,
+    end: dt.datetime,
+    seed: int = 1,
+    missing_pct: int = 5,
+    channels: Sequence[str] | None = None,
+) -> int:
+    """Insert synthetic narrow rows for ``ships`` over [start, end); returns rows inserted.
+
+    Re-running with the same arguments inserts nothing new (primary key conflicts are
+    skipped), so ``generate`` is safe to repeat.
+    """
+    c = settings.columns
+    ident = sql.Identifier
+    create_source_table(conn, settings)
+    chans = list(catalog.all_channels if channels is None else channels) + list(UNKNOWN_CHANNELS)
+    formats = channel_formats(chans)
+    total = 0
+    with conn.transaction():
+        conn.execute("CREATE TEMP TABLE n2w_gen_channels (channel text, fmt text) ON COMMIT DROP")
+        with conn.cursor() as cur, cur.copy("COPY n2w_gen_channels FROM STDIN") as copy:
+            for row in formats:
+                copy.write_row(row)
+        stmt = sql.SQL(
+            """INSERT INTO {src} ({ship}, {ch}, {ct}, {sct}, {bv}, {sv}, {lv}, {dv}, {vf})
+SELECT %(ship)s, g.channel, t, t + interval '20 seconds',
+  CASE WHEN g.fmt = 'Boolean' THEN (h & 1) = 1 END,
+  CASE WHEN g.fmt = 'String' THEN
+       CASE WHEN (h & 63) = 7 THEN 'n/a' ELSE ((h & 65535) / 100.0)::text END END,
+  CASE WHEN g.fmt = 'Integer' THEN (h & 4095) - 2048 END,
+  CASE WHEN g.fmt = 'Decimal' THEN ((h & 1048575) - 524288) / 1000.0 END,
+  g.fmt
+FROM generate_series(%(start)s::timestamp, %(last)s::timestamp, interval '15 seconds') AS t
+CROSS JOIN n2w_gen_channels g
+CROSS JOIN LATERAL (SELECT hashtext(%(seed)s || %(ship)s || g.channel || t::text) & 2147483647 AS h) x
+WHERE (h >> 12) %% 100 >= %(missing)s
+ORDER BY t, g.channel
+ON CONFLICT DO NOTHING"""
+        ).format(
+            src=ident(*settings.source_qualified), ship=ident(c.ship_id), ch=ident(c.channel),
+            ct=ident(c.created_time), sct=ident(c.server_created_time), bv=ident(c.bool_v),
+            sv=ident(c.str_v), lv=ident(c.long_v), dv=ident(c.double_v), vf=ident(c.value_format),
+        )
+        last = end - CADENCE
+        day = dt.timedelta(days=1)
+        for ship in ships:
+            cursor = start
+            while cursor < end:  # a day per statement keeps the sort in memory
+                chunk_end = min(cursor + day, end)
+                cur = conn.execute(
+                    stmt,
+                    {"ship": ship, "start": cursor, "last": min(chunk_end - CADENCE, last),
+                     "seed": str(seed), "missing": missing_pct},
+                )
+                total += cur.rowcount
+                cursor = chunk_end
+    conn.execute(sql.SQL("ANALYZE {}").format(ident(*settings.source_qualified)))
+    return total

@@ -1,0 +1,223 @@
+"""Wide tables in PostgreSQL: DDL, per-hour locks and the staged, idempotent upsert.
+
+Every statement is composed with ``psycopg.sql``; every value is bound.
+
+Write protocol for one (ship, window), inside the caller's transaction:
+
+1. ``lock_hours`` takes a transaction-level advisory lock per (ship, hour), in hour order,
+   *before* the narrow slice is read. Two runs of the same hour (a backfill and the
+   realtime sensor, or a CSV correction) therefore run one after the other, and the
+   second one reads everything the first committed: the last writer never writes an
+   older picture of the hour.
+2. ``write_block`` COPYs the pivoted rows (binary) into a temporary stage, upserts them
+   with one ``INSERT … ON CONFLICT DO UPDATE`` (rows that did not change are not
+   touched) and deletes rows of the window that are no longer backed by any value.
+   Re-running any window therefore leaves the table exactly as one run would.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import zlib
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from n2w_pipeline.channels import TIME_COLUMN, ChannelGroup
+from n2w_pipeline.config import Settings
+from n2w_pipeline.pivot import WideBlock, encode_copy_binary
+
+COLUMN_MAP = "n2w_column_map"
+CORRECTIONS = "n2w_corrections"
+VALUE_ISSUES = "n2w_value_issues"
+
+
+def _ident(schema: str, name: str) -> sql.Identifier:
+    return sql.Identifier(schema, name)
+
+
+def ensure_support_tables(conn: psycopg.Connection, settings: Settings) -> None:
+    """n2w's own tables: column map, corrections overlay, per-hour value issues."""
+    s = settings.target_schema
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (_key("n2w:support"),))
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(s)))
+        conn.execute(
+            sql.SQL(
+                """CREATE TABLE IF NOT EXISTS {} (
+    table_name text NOT NULL, column_name text NOT NULL, channel_id text NOT NULL,
+    PRIMARY KEY (table_name, column_name))"""
+            ).format(_ident(s, COLUMN_MAP))
+        )
+        conn.execute(
+            sql.SQL(
+                """CREATE TABLE IF NOT EXISTS {} (
+    ship_id text NOT NULL, channel_id text NOT NULL, created_time timestamp NOT NULL,
+    value double precision NOT NULL, source_file text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (ship_id, created_time, channel_id))"""
+            ).format(_ident(s, CORRECTIONS))
+        )
+        conn.execute(
+            sql.SQL(
+                """CREATE TABLE IF NOT EXISTS {} (
+    ship_id text NOT NULL, hour timestamp NOT NULL, channel_id text NOT NULL,
+    group_number int NOT NULL, reason text NOT NULL, count bigint NOT NULL,
+    PRIMARY KEY (ship_id, hour, group_number, channel_id, reason))"""
+            ).format(_ident(s, VALUE_ISSUES))
+        )
+
+
+def _key(text: str) -> int:
+    """A stable signed 32-bit advisory-lock key for ``text``."""
+    return zlib.crc32(text.encode("utf-8")) - 2**31
+
+
+def existing_columns(conn: psycopg.Connection, schema: str, table: str) -> list[str] | None:
+    row = conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL", (sql.Identifier(schema, table).as_string(conn),)
+    ).fetchone()
+    if not row or not row[0]:
+        return None
+    rows = conn.execute(
+        """SELECT attname FROM pg_attribute
+           WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum""",
+        (sql.Identifier(schema, table).as_string(conn),),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+@dataclass(frozen=True)
+class TableChange:
+    table: str
+    created: bool
+    added_columns: tuple[str, ...]
+
+
+def ensure_wide_table(
+    conn: psycopg.Connection, settings: Settings, group: ChannelGroup, ship: str
+) -> TableChange:
+    """Create the wide table, or add the group's new channels as columns (rows untouched)."""
+    schema, table = settings.target_schema, settings.table_name(ship, group.number)
+    target = _ident(schema, table)
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s, 1)", (_key(f"n2w:ddl:{schema}.{table}"),))
+        have = existing_columns(conn, schema, table)
+        created = have is None
+        if created:
+            cols = [sql.SQL("{} timestamp PRIMARY KEY").format(sql.Identifier(TIME_COLUMN))]
+            cols += [sql.SQL("{} double precision").format(sql.Identifier(c)) for c in group.columns]
+            conn.execute(sql.SQL("CREATE TABLE {} ({})").format(target, sql.SQL(", ").join(cols)))
+            added = group.columns
+        else:
+            present = set(have or ())
+            added = tuple(c for c in group.columns if c not in present)
+            if added:
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} {}").format(
+                        target,
+                        sql.SQL(", ").join(
+                            sql.SQL("ADD COLUMN {} double precision").format(sql.Identifier(c))
+                            for c in added
+                        ),
+                    )
+                )
+        long_ids = group.long_ids
+        for col in added:
+            if col in long_ids:
+                conn.execute(
+                    sql.SQL("COMMENT ON COLUMN {}.{} IS {}").format(
+                        target, sql.Identifier(col), sql.Literal(long_ids[col])
+                    )
+                )
+        if long_ids:
+            with conn.cursor() as cur:
+                cur.executemany(
+                    sql.SQL(
+                        "INSERT INTO {} (table_name, column_name, channel_id) VALUES (%s, %s, %s) "
+                        "ON CONFLICT DO NOTHING"
+                    ).format(_ident(schema, COLUMN_MAP)),
+                    [(table, col, ch) for col, ch in long_ids.items()],
+                )
+    return TableChange(table, created, tuple(added))
+
+
+def lock_hours(conn: psycopg.Connection, ship: str, start: dt.datetime, end: dt.datetime) -> None:
+    """Transaction-level advisory locks on every (ship, hour) of [start, end), in order."""
+    ship_key = _key(f"n2w:ship:{ship}")
+    first = int(start.replace(tzinfo=dt.UTC).timestamp()) // 3600
+    last = -(-int(end.replace(tzinfo=dt.UTC).timestamp()) // 3600)
+    for hour in range(first, last):
+        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (ship_key, hour))
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    rows: int
+    cells: int
+    inserted: int
+    updated: int
+    deleted: int
+
+
+def write_block(
+    conn: psycopg.Connection,
+    settings: Settings,
+    group: ChannelGroup,
+    ship: str,
+    start: dt.datetime,
+    end: dt.datetime,
+    block: WideBlock,
+) -> WriteResult:
+    """Make the table's rows in [start, end) equal ``block``. Call inside a transaction."""
+    schema, table = settings.target_schema, settings.table_name(ship, group.number)
+    target = _ident(schema, table)
+    stage = sql.Identifier(f"n2w_stage_{group.number}_{len(group.columns)}")
+    cols = [sql.Identifier(TIME_COLUMN)] + [sql.Identifier(c) for c in group.columns]
+    col_list = sql.SQL(", ").join(cols)
+    conn.execute(
+        sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS").format(
+            stage,
+            sql.SQL(", ").join(
+                [sql.SQL("{} timestamp").format(cols[0])]
+                + [sql.SQL("{} double precision").format(c) for c in cols[1:]]
+            ),
+        )
+    )
+    conn.execute(sql.SQL("TRUNCATE {}").format(stage))
+    inserted = updated = 0
+    if block.rows:
+        with conn.cursor() as cur:
+            with cur.copy(
+                sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(stage, col_list)
+            ) as copy:
+                copy.write(encode_copy_binary(block))
+        data_cols = cols[1:]
+        upsert = sql.SQL(
+            """WITH up AS (
+  INSERT INTO {target} AS t ({cols}) SELECT {cols} FROM {stage}
+  ON CONFLICT ({time}) DO UPDATE SET {assign}
+  WHERE ({old}) IS DISTINCT FROM ({new})
+  RETURNING (xmax = 0) AS inserted)
+SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up"""
+        ).format(
+            target=target,
+            cols=col_list,
+            stage=stage,
+            time=cols[0],
+            assign=sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(c) for c in data_cols),
+            old=sql.SQL(", ").join(sql.SQL("t.{}").format(c) for c in data_cols),
+            new=sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(c) for c in data_cols),
+        )
+        row = conn.execute(upsert).fetchone()
+        assert row is not None
+        inserted, updated = int(row[0]), int(row[1])
+    deleted = conn.execute(
+        sql.SQL(
+            """DELETE FROM {target} t WHERE t.{time} >= %s AND t.{time} < %s
+  AND NOT EXISTS (SELECT 1 FROM {stage} s WHERE s.{time} = t.{time})"""
+        ).format(target=target, stage=stage, time=cols[0]),
+        (start, end),
+    ).rowcount
+    return WriteResult(block.rows, block.cells, inserted, updated, deleted)
