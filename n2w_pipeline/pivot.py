@@ -23,6 +23,7 @@ from n2w_pipeline.extract import KIND_STRING, KIND_UNKNOWN
 
 REASONS = ("null_value", "unknown_format", "unparsable", "non_finite")
 _NUMBER_RE = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+_NON_FINITE_RE = r"(?i)^[+-]?(nan|inf|infinity)$"
 
 
 def resolve_values(narrow: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -39,7 +40,8 @@ def resolve_values(narrow: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         pl.when(pl.col("kind") == KIND_UNKNOWN).then(pl.lit("unknown_format"))
         .when((pl.col("kind") == KIND_STRING) & pl.col("text").is_null()).then(pl.lit("null_value"))
         .when(pl.col("kind") == KIND_STRING).then(
-            pl.when(pl.col("raw").is_null()).then(pl.lit("unparsable"))
+            pl.when(text.str.contains(_NON_FINITE_RE)).then(pl.lit("non_finite"))
+            .when(pl.col("raw").is_null()).then(pl.lit("unparsable"))
             .when(~pl.col("raw").is_finite()).then(pl.lit("non_finite"))
         )
         .when(pl.col("raw").is_null()).then(pl.lit("null_value"))
