@@ -68,7 +68,7 @@ class ChannelGroup:
     @property
     def long_ids(self) -> dict[str, str]:
         """column → channel id, for the channels whose column is not the id itself."""
-        return {c: ch for ch, c in zip(self.channels, self.columns) if c != ch}
+        return {c: ch for ch, c in zip(self.channels, self.columns, strict=False) if c != ch}
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def build_group(number: int, name: str, path: Path, entries: Sequence[tuple[int,
     channels = tuple(ch for _, ch in entries)
     columns = tuple(column_name(ch) for ch in channels)
     by_col: dict[str, str] = {}
-    for (lineno, ch), col in zip(entries, columns):
+    for (lineno, ch), col in zip(entries, columns, strict=False):
         if col == TIME_COLUMN:
             raise ChannelListError(f"{path}:{lineno}: channel id {ch!r} clashes with the time column")
         if col in by_col:

@@ -35,7 +35,9 @@ HOUR = dt.timedelta(hours=1)
 UNKNOWN_GROUP = 0
 
 
-def hour_slices(start: dt.datetime, end: dt.datetime, hours: int) -> Iterator[tuple[dt.datetime, dt.datetime]]:
+def hour_slices(
+    start: dt.datetime, end: dt.datetime, hours: int
+) -> Iterator[tuple[dt.datetime, dt.datetime]]:
     """[start, end) cut into consecutive windows of at most ``hours`` hours."""
     step = dt.timedelta(hours=hours)
     cursor = start

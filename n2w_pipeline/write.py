@@ -188,11 +188,10 @@ def write_block(
     conn.execute(sql.SQL("TRUNCATE {}").format(stage))
     inserted = updated = 0
     if block.rows:
-        with conn.cursor() as cur:
-            with cur.copy(
-                sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(stage, col_list)
-            ) as copy:
-                copy.write(encode_copy_binary(block))
+        with conn.cursor() as cur, cur.copy(
+            sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(stage, col_list)
+        ) as copy:
+            copy.write(encode_copy_binary(block))
         data_cols = cols[1:]
         upsert = sql.SQL(
             """WITH up AS (

@@ -69,7 +69,7 @@ def wide_cells(
     cells: Cells = {}
     for row in rows:
         times.add(row[0])
-        for ch, v in zip(group.channels, row[1:]):
+        for ch, v in zip(group.channels, row[1:], strict=False):
             if v is not None:
                 assert not math.isnan(v), f"NaN written at {row[0]} {ch}"
                 cells[(row[0], ch)] = v

@@ -179,7 +179,8 @@ def test_rerun_and_range_vs_hourly_give_identical_tables(settings, catalog, conn
         try:
             hourly = replace(settings, target_schema=other)
             for h in range(4):
-                assert run_wide(hourly, catalog, partition_key=hour_key(ship, H0 + dt.timedelta(hours=h))).success
+                key = hour_key(ship, H0 + dt.timedelta(hours=h))
+                assert run_wide(hourly, catalog, partition_key=key).success
             digests = all_digests(c2, hourly, catalog, [ship])
         finally:
             c2.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(other)))

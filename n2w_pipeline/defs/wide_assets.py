@@ -1,6 +1,8 @@
 """The wide tables as Dagster assets: one multi-asset, one asset per channel group."""
 
 
+import datetime as dt
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,6 +16,7 @@ from n2w_pipeline.defs.resources import N2WDatabase
 from n2w_pipeline.materialize import WindowStats, materialize_window
 
 WIDE_GROUP = "wide_tables"
+progress_log = logging.getLogger("n2w.progress")  # drawn as a bar by `n2w backfill`
 DB_POOL = "n2w_database"
 
 
@@ -89,6 +92,46 @@ def _metadata(group: ChannelGroup, settings: Settings, total: WindowStats, wall:
     return md
 
 
+class ProgressReporter:
+    """Logs rows done, rows/s and ETA after every slice (and feeds `n2w backfill`'s bar)."""
+
+    def __init__(self, log: logging.Logger | dg.DagsterLogManager, total_hours: int) -> None:
+        self.log = log
+        self.total_hours = total_hours
+        self.t0 = time.perf_counter()
+        self.hours_before = 0.0
+        self.rows_before = 0
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def for_window(self, ship: str, start: dt.datetime, end: dt.datetime):  # noqa: ANN201
+        window_hours = (end - start).total_seconds() / 3600
+
+        def progress(i: int, n: int, st: WindowStats) -> None:
+            done = self.hours_before + window_hours * i / n
+            rows = self.rows_before + st.narrow_rows
+            elapsed = max(self.elapsed, 1e-9)
+            eta = elapsed / done * (self.total_hours - done) if done else 0.0
+            self.log.info(
+                f"{ship} {start:%Y-%m-%d %H:%M}..{end:%Y-%m-%d %H:%M}: slice {i}/{n}, "
+                f"{done:,.0f}/{self.total_hours:,} ship-hours, {rows:,} narrow rows, "
+                f"{rows / elapsed:,.0f} rows/s, ETA {eta:,.0f} s"
+            )
+            progress_log.info(
+                "progress",
+                extra={"n2w_done": done, "n2w_total": self.total_hours, "n2w_rows": rows,
+                       "n2w_rate": rows / elapsed, "n2w_eta": eta},
+            )
+
+        return progress
+
+    def window_done(self, stats: WindowStats, start: dt.datetime, end: dt.datetime) -> None:
+        self.hours_before += (end - start).total_seconds() / 3600
+        self.rows_before += stats.narrow_rows
+
+
 def build_wide_assets(settings: Settings, catalog: ChannelCatalog) -> dg.AssetsDefinition:
     groups_by_key = {wide_asset_key(g): g for g in catalog.groups}
 
@@ -117,32 +160,18 @@ def build_wide_assets(settings: Settings, catalog: ChannelCatalog) -> dg.AssetsD
             f"{len(windows)} window(s), {hours} ship-hour(s), groups "
             f"{[g.number for g in groups]}, slices of {settings.slice_hours} h"
         )
+        reporter = ProgressReporter(context.log, hours)
         total: WindowStats | None = None
-        t0 = time.perf_counter()
-        hours_done = 0
         for ship, start, end in windows:
-            done_before = hours_done
-
-            def progress(i: int, n: int, st: WindowStats, _ship=ship, _start=start, _end=end,
-                         _before=done_before) -> None:
-                window_hours = (_end - _start).total_seconds() / 3600
-                done = _before + window_hours * i / n
-                elapsed = time.perf_counter() - t0
-                rate = (total.narrow_rows if total else 0) + st.narrow_rows
-                eta = elapsed / done * (hours - done) if done else 0.0
-                context.log.info(
-                    f"{_ship} {_start:%Y-%m-%d %H:%M}..{_end:%H:%M}: slice {i}/{n}, "
-                    f"{done:.0f}/{hours} ship-hours, {rate:,} narrow rows, "
-                    f"{rate / elapsed:,.0f} rows/s, ETA {eta:,.0f} s"
-                )
-
-            stats = materialize_window(url, settings, catalog, ship, start, end, groups, progress)
-            hours_done += int((end - start).total_seconds() // 3600)
+            stats = materialize_window(
+                url, settings, catalog, ship, start, end, groups, reporter.for_window(ship, start, end)
+            )
+            reporter.window_done(stats, start, end)
             if total is None:
                 total = stats
             else:
                 total.merge(stats)
-        wall = time.perf_counter() - t0
+        wall = reporter.elapsed
         assert total is not None
         window_list = [(s, a.isoformat(), b.isoformat()) for s, a, b in windows]
         if total.unknown:

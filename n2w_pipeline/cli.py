@@ -1,0 +1,60 @@
+"""``n2w``: set up, generate, backfill, check and serve n2w from one command.
+
+Each command lives in ``n2w_pipeline/commands/<name>.py`` and registers itself through
+``register(subparsers)``; this module only assembles them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import warnings
+
+COMMANDS = ("demo", "generate", "backfill", "dev", "db_url")
+
+EPILOG = """\
+Configuration comes from N2W_* environment variables (see README.md). With no
+N2W_DATABASE_URL, n2w starts an embedded PostgreSQL under .n2w/ in the working directory
+and reuses it across commands.
+
+examples:
+  n2w demo                                  # everything, on a small generated fleet
+  n2w generate --ships 2 --start 2025-03-01 --hours 24
+  n2w backfill --ship IMO9976903 --start 2025-03-01 --end 2025-03-02
+  n2w dev                                   # Dagster UI + daemon on http://127.0.0.1:3000
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="n2w",
+        description="n2w turns the narrow time-series table into per-ship wide tables, "
+        "through Dagster.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="show debug logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"n2w_pipeline.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", module="platformdirs")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""The Dagster instance n2w runs against: DAGSTER_HOME and the variables every Dagster
+process that n2w starts must see."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from n2w_pipeline.config import Settings
+from n2w_pipeline.database import dagster_storage_url, database_url
+
+# Range runs emit one planned event per partition unless told to emit the subset; with
+# these two, creating a one-ship-year run takes seconds instead of ~3 minutes (FACTS.md).
+BOOKKEEPING_ENV = {
+    "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "true",
+    "DAGSTER_EVENT_BATCH_SIZE": "1000",
+}
+
+
+def project_file(name: str) -> Path:
+    """A project file (dagster.yaml, workspace.yaml): from the working directory if it
+    has one, else from the source checkout this package was installed from."""
+    here = Path.cwd() / name
+    if here.exists():
+        return here
+    return Path(__file__).resolve().parent.parent / name
+
+
+def dagster_env(settings: Settings) -> dict[str, str]:
+    """Environment for Dagster processes (daemon, webserver, runs, in-process runs).
+
+    Copies the project's dagster.yaml into ``<state_dir>/dagster_home`` and resolves the
+    database URLs once, so child processes reuse the same (embedded) server.
+    """
+    home = (settings.state_dir / "dagster_home").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(project_file("dagster.yaml"), home / "dagster.yaml")
+    logs = (settings.state_dir / "compute_logs").resolve()
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {
+        "DAGSTER_HOME": str(home),
+        "N2W_DAGSTER_PG_URL": dagster_storage_url(settings),
+        "N2W_DATABASE_URL": database_url(settings),
+        "N2W_STATE_DIR": str(settings.state_dir.resolve()),
+        "N2W_COMPUTE_LOG_DIR": str(logs),
+        **BOOKKEEPING_ENV,
+    }
+    return env
+
+
+def apply_dagster_env(settings: Settings) -> dict[str, str]:
+    """Set ``dagster_env`` in this process (for in-process runs); returns it."""
+    env = dagster_env(settings)
+    os.environ.update(env)
+    return env

@@ -1,0 +1,49 @@
+"""The code location loads, and its shape changes only on purpose."""
+
+import subprocess
+import sys
+
+import dagster as dg
+
+from n2w_pipeline.cli import COMMANDS, build_parser
+from n2w_pipeline.config import Settings
+from n2w_pipeline.definitions import build_definitions
+
+
+def test_definitions_resolve_with_expected_assets(settings):
+    defs = build_definitions(settings)
+    graph = defs.resolve_asset_graph()
+    assert sorted(k.to_user_string() for k in graph.get_all_asset_keys()) == [
+        "wide_1_auxiliary_systems", "wide_2_engine_generator", "wide_3_navigation_ship",
+    ]
+    wide = defs.resolve_assets_def("wide_2_engine_generator")
+    pd = wide.partitions_def
+    assert isinstance(pd, dg.MultiPartitionsDefinition)
+    assert [d.name for d in pd.partitions_defs] == ["hour", "ship"]
+    assert wide.backfill_policy == dg.BackfillPolicy.multi_run(settings.run_hours)
+    spec = next(s for s in wide.specs if s.key.to_user_string() == "wide_2_engine_generator")
+    assert spec.metadata["column_count"] == 656
+    assert spec.description and "engine generator" in spec.description
+
+
+def test_module_level_defs_load():
+    from n2w_pipeline import definitions
+
+    assert isinstance(definitions.defs, dg.Definitions)
+
+
+def test_settings_from_env():
+    s = Settings.from_env({"N2W_SHIPS": "A, B", "N2W_SLICE_HOURS": "3", "N2W_COL_CHANNEL": "chan",
+                           "N2W_HULLS": "H1=IMO1,H2=IMO2"})
+    assert s.ships == ("A", "B") and s.slice_hours == 3 and s.columns.channel == "chan"
+    assert s.hulls == {"H1": "IMO1", "H2": "IMO2"}
+    assert s.table_name("IMO9976903", 2) == "tbl_data_timeseries_imo9976903_2"
+
+
+def test_every_command_has_help():
+    parser = build_parser()
+    assert parser.format_help()
+    for name in COMMANDS:
+        out = subprocess.run([sys.executable, "-m", "n2w_pipeline.cli", name.replace("_", "-"), "--help"],
+                             capture_output=True, text=True, check=True).stdout
+        assert "usage: n2w" in out and len(out) > 200
