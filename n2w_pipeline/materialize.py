@@ -4,13 +4,24 @@ No Dagster here: the assets, the CLI and the benchmarks call ``materialize_windo
 Each slice of ``settings.slice_hours`` hours is one transaction (locks, read, pivot,
 write, issue counts), so memory is bounded by the slice, not by the window, and a killed
 run leaves whole hours behind it, never a partial one.
+
+Pipelining. A window is processed by ``PIPELINE_LANES`` lanes (threads), each with its
+own writer connection; they share one ADBC reader, used by one lane at a time. A lane
+opens its slice's transaction, takes the slice's hour locks, then waits for the reader
+and extracts; while it pivots and writes, the next lane already extracts the next slice.
+ADBC, psycopg, Polars and NumPy release the GIL in their heavy parts, so the client
+overlaps with the server and both cores work. Data connections per window: lanes + 1.
+The locks are always taken before the extraction, in the transaction that writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -20,7 +31,7 @@ from psycopg import sql
 from n2w_pipeline.channels import ChannelCatalog, ChannelGroup
 from n2w_pipeline.config import Settings
 from n2w_pipeline.extract import NarrowReader
-from n2w_pipeline.pivot import catalog_frame, locate_channels, pivot_group, resolve_values
+from n2w_pipeline.pivot import ChannelCodes, pivot_coded, resolve_values
 from n2w_pipeline.write import (
     CORRECTIONS,
     VALUE_ISSUES,
@@ -30,6 +41,9 @@ from n2w_pipeline.write import (
     lock_hours,
     write_block,
 )
+
+PIPELINE_LANES = 2
+"""Slices in flight per window (one extracting while the other pivots and writes)."""
 
 HOUR = dt.timedelta(hours=1)
 UNKNOWN_GROUP = 0
@@ -149,57 +163,88 @@ def _record_issues(
                 copy.write_row((ship, *r))
 
 
-def process_slice(
+def _slice_body(
     conn: psycopg.Connection,
-    reader: NarrowReader,
+    narrow: pl.DataFrame,
     settings: Settings,
-    catalog: ChannelCatalog,
-    lookup: pl.DataFrame,
+    codes: ChannelCodes,
     groups: Sequence[ChannelGroup],
     ship: str,
     start: dt.datetime,
     end: dt.datetime,
 ) -> WindowStats:
-    """One transaction: lock the hours, read, pivot and write every selected group."""
-    t0 = time.perf_counter()
+    """Overlay corrections, pivot, write every group and record issues (in the caller's
+    transaction, after ``lock_hours``; ``narrow`` is the coded extraction)."""
     stats = WindowStats(ship, start, end)
-    with conn.transaction():
-        lock_hours(conn, ship, start, end)
-        narrow = reader.read(ship, start, end)
-        corr = read_corrections(conn, settings, ship, start, end)
-        values, issues = resolve_values(narrow)
-        if corr.height:
-            values = pl.concat([values, corr]).unique(
-                subset=["created_time", "channel"], keep="last", maintain_order=True
-            )
-        known, unknown = locate_channels(values, lookup)
-        for g in groups:
-            block = pivot_group(known, g.number, len(g.columns))
-            stats.groups[g.number] = GroupStats()
-            stats.groups[g.number].add(write_block(conn, settings, g, ship, start, end, block))
-        selected = {g.number for g in groups}
-        issue_rows = _issue_rows(issues, unknown, catalog, selected)
-        _record_issues(conn, settings, ship, start, end, sorted(selected), issue_rows)
+    corr = read_corrections(conn, settings, ship, start, end)
+    known = narrow.filter(pl.col("code").is_not_null())
+    unknown_rows = narrow.filter(pl.col("code").is_null()).select("created_time", "channel")
+    values, issues = resolve_values(known.drop("channel"), key="code")
+    if corr.height:
+        located = corr.join(codes.frame(), on="channel", how="left")
+        overlay = located.filter(pl.col("code").is_not_null()).select("created_time", "code", "value")
+        values = pl.concat([values, overlay]).unique(
+            subset=["created_time", "code"], keep="last", maintain_order=True
+        )
+        stray = located.filter(pl.col("code").is_null()).select("created_time", "channel")
+        if stray.height:
+            unknown_rows = pl.concat([unknown_rows, stray]).unique()
+    unknown = (
+        unknown_rows.group_by(pl.col("created_time").dt.truncate("1h").alias("hour"), "channel")
+        .agg(pl.len().cast(pl.Int64).alias("count"))
+        .sort("hour", "channel")
+    )
+    blocks = pivot_coded(values, codes, groups)
+    del values, known
+    for g in groups:
+        stats.groups[g.number] = GroupStats()
+        stats.groups[g.number].add(write_block(conn, settings, g, ship, start, end, blocks.pop(g.number)))
+    selected = {g.number for g in groups}
+    issue_rows = _issue_rows(issues, unknown, codes, selected)
+    _record_issues(conn, settings, ship, start, end, sorted(selected), issue_rows)
     stats.narrow_rows = narrow.height
     stats.corrections = corr.height
-    for _, ch, reason, n in issues.iter_rows():
-        if catalog.locate(ch) is not None:
-            stats.issues[(ch, reason)] = stats.issues.get((ch, reason), 0) + n
+    for _, code, reason, n in issues.iter_rows():
+        key = (codes.channels[code], reason)
+        stats.issues[key] = stats.issues.get(key, 0) + n
     for _, ch, n in unknown.iter_rows():
         stats.unknown[ch] = stats.unknown.get(ch, 0) + n
+    return stats
+
+
+def process_slice(
+    conn: psycopg.Connection,
+    reader: NarrowReader,
+    settings: Settings,
+    catalog: ChannelCatalog,
+    lookup: pl.DataFrame | ChannelCodes | None,
+    groups: Sequence[ChannelGroup],
+    ship: str,
+    start: dt.datetime,
+    end: dt.datetime,
+) -> WindowStats:
+    """One transaction on an autocommit ``conn``: lock the hours, read, pivot and write
+    every selected group. ``lookup`` may be a ``ChannelCodes`` (else built from the catalog)."""
+    t0 = time.perf_counter()
+    codes = lookup if isinstance(lookup, ChannelCodes) else ChannelCodes.from_catalog(catalog)
+    reader.load_codes(codes.channels)
+    with conn.transaction():
+        lock_hours(conn, ship, start, end)
+        narrow = reader.read_coded(ship, start, end)
+        stats = _slice_body(conn, narrow, settings, codes, groups, ship, start, end)
     stats.seconds = time.perf_counter() - t0
     return stats
 
 
 def _issue_rows(
-    issues: pl.DataFrame, unknown: pl.DataFrame, catalog: ChannelCatalog, selected: set[int]
+    issues: pl.DataFrame, unknown: pl.DataFrame, codes: ChannelCodes, selected: set[int]
 ) -> list[tuple[dt.datetime, str, int, str, int]]:
     """Rows for the value-issues table: bad values of selected groups, unknown channels."""
     out = [(h, ch, UNKNOWN_GROUP, "unknown_channel", int(n)) for h, ch, n in unknown.iter_rows()]
-    for h, ch, reason, n in issues.iter_rows():
-        loc = catalog.locate(ch)
-        if loc is not None and loc[0] in selected:
-            out.append((h, ch, loc[0], reason, int(n)))
+    for h, code, reason, n in issues.iter_rows():
+        group = int(codes.group_of[code])
+        if group in selected:
+            out.append((h, codes.channels[code], group, reason, int(n)))
     return out
 
 
@@ -231,20 +276,93 @@ def materialize_window(
     end: dt.datetime,
     groups: Sequence[ChannelGroup] | None = None,
     progress: Progress | None = None,
+    lanes: int = PIPELINE_LANES,
 ) -> WindowStats:
     """Make the wide tables of ``ship`` for [start, end) equal the narrow rows (+ corrections).
 
-    Processes ``settings.slice_hours`` hours per transaction and calls
-    ``progress(done, total, stats_so_far)`` after each slice.
+    Processes ``settings.slice_hours`` hours per transaction, ``lanes`` slices in flight
+    (see the module docstring), and calls ``progress(done, total, stats_so_far)`` after
+    each committed slice. On an error the failing slice rolls back, slices already
+    started finish (commit or roll back whole), no new slice starts, and the error is
+    raised.
     """
     groups = list(catalog.groups if groups is None else groups)
-    lookup = catalog_frame(catalog)
+    codes = ChannelCodes.from_catalog(catalog)
     slices = list(hour_slices(start, end, settings.slice_hours))
+    lanes = max(1, min(lanes, len(slices)))
     total = WindowStats(ship, start, end)
-    with psycopg.connect(url, autocommit=True) as conn, NarrowReader(url, settings) as reader:
-        prepare_tables(conn, settings, groups, [ship])
-        for i, (s, e) in enumerate(slices, start=1):
-            total.merge(process_slice(conn, reader, settings, catalog, lookup, groups, ship, s, e))
-            if progress is not None:
-                progress(i, len(slices), total)
+    t0 = time.perf_counter()
+    with psycopg.connect(url, autocommit=True) as ddl:
+        prepare_tables(ddl, settings, groups, [ship])
+    writers: list[psycopg.Connection] = []
+    try:
+        writers = [psycopg.connect(url) for _ in range(lanes)]
+        with NarrowReader(url, settings, codes.channels) as reader:
+            free: list[psycopg.Connection] = list(writers)
+            free_lock = threading.Lock()
+            read_lock = threading.Lock()
+            failed = threading.Event()
+
+            def run_slice(s: dt.datetime, e: dt.datetime) -> WindowStats:
+                if failed.is_set():
+                    raise _Skipped()
+                t_slice = time.perf_counter()
+                with free_lock:
+                    conn = free.pop()
+                try:
+                    lock_hours(conn, ship, s, e)  # opens the slice's transaction
+                    with read_lock:
+                        narrow = reader.read_coded(ship, s, e)
+                    stats = _slice_body(conn, narrow, settings, codes, groups, ship, s, e)
+                    conn.commit()
+                except BaseException:
+                    failed.set()
+                    with contextlib.suppress(psycopg.Error):  # broken: the server rolled back
+                        conn.rollback()
+                    raise
+                finally:
+                    with free_lock:
+                        free.append(conn)
+                stats.seconds = time.perf_counter() - t_slice
+                return stats
+
+            with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="n2w-slice") as pool:
+                pending: set[Future[WindowStats]] = set()
+                queue = iter(slices)
+                done_count = 0
+                for s, e in queue:  # keep exactly `lanes` slices submitted, in order
+                    pending.add(pool.submit(run_slice, s, e))
+                    if len(pending) < lanes:
+                        continue
+                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    done_count = _collect(finished, total, done_count, len(slices), progress)
+                finished, pending = wait(pending)
+                _collect(finished, total, done_count, len(slices), progress)
+    finally:
+        for w in writers:
+            w.close()
+    total.seconds = time.perf_counter() - t0
     return total
+
+
+class _Skipped(Exception):
+    """A slice not started because another slice of the window failed."""
+
+
+def _collect(
+    finished: set[Future[WindowStats]],
+    total: WindowStats,
+    done: int,
+    n: int,
+    progress: Progress | None,
+) -> int:
+    errors = [f.exception() for f in finished if f.exception() is not None]
+    real = [e for e in errors if not isinstance(e, _Skipped)]
+    if real:
+        raise real[0]
+    for f in sorted(finished, key=lambda f: f.result().start):
+        total.merge(f.result())
+        done += 1
+        if progress is not None:
+            progress(done, n, total)
+    return done

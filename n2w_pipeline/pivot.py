@@ -9,16 +9,21 @@ Steps, all in Polars on integer keys (a pivot on a String column measured 5–11
    channels in no list are dropped from the frame and counted per channel.
 3. ``pivot_group``: rows are the group's distinct timestamps, ranked in Polars; the
    (row, column) scatter lands in a NumPy block that shares Polars' buffers.
+
+The backfill path uses integer channel codes from the extraction (``ChannelCodes``):
+``resolve_values(…, key="code")`` and ``pivot_coded``, which ranks the slice's timestamps
+once (sorted unique + ``searchsorted``) and scatters every group from that.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
-from n2w_pipeline.channels import ChannelCatalog
+from n2w_pipeline.channels import ChannelCatalog, ChannelGroup
 from n2w_pipeline.extract import KIND_STRING, KIND_UNKNOWN
 
 REASONS = ("null_value", "unknown_format", "unparsable", "non_finite")
@@ -26,12 +31,12 @@ _NUMBER_RE = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 _NON_FINITE_RE = r"(?i)^[+-]?(nan|inf|infinity)$"
 
 
-def resolve_values(narrow: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+def resolve_values(narrow: pl.DataFrame, key: str = "channel") -> tuple[pl.DataFrame, pl.DataFrame]:
     """Apply the value rule.
 
-    ``narrow`` has columns created_time, channel, num, text, kind (see extract.py).
-    Returns (frame with created_time, channel, value) and the issues
-    (hour, channel, reason, count) of rows whose value became NULL.
+    ``narrow`` has columns created_time, ``key`` (channel id, or code), num, text, kind
+    (see extract.py). Returns (frame with created_time, ``key``, value) and the issues
+    (hour, ``key``, reason, count) of rows whose value became NULL.
     """
     text = pl.col("text").str.strip_chars()
     parsed = pl.when(text.str.contains(_NUMBER_RE)).then(text.cast(pl.Float64, strict=False))
@@ -50,14 +55,14 @@ def resolve_values(narrow: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     staged = narrow.with_columns(raw.alias("raw")).with_columns(reason.alias("reason"))
     values = staged.select(
         "created_time",
-        "channel",
+        key,
         pl.when(pl.col("reason").is_null()).then(pl.col("raw")).alias("value"),
     )
     issues = (
         staged.filter(pl.col("reason").is_not_null())
-        .group_by(pl.col("created_time").dt.truncate("1h").alias("hour"), "channel", "reason")
+        .group_by(pl.col("created_time").dt.truncate("1h").alias("hour"), key, "reason")
         .agg(pl.len().cast(pl.Int64).alias("count"))
-        .sort("hour", "channel", "reason")
+        .sort("hour", key, "reason")
     )
     return values, issues
 
@@ -68,6 +73,78 @@ def catalog_frame(catalog: ChannelCatalog) -> pl.DataFrame:
     return pl.DataFrame(
         rows, schema={"channel": pl.String, "group": pl.Int32, "col": pl.Int32}, orient="row"
     )
+
+
+@dataclass(frozen=True)
+class ChannelCodes:
+    """Every listed channel numbered 0..n-1 (catalog order), with its group and column."""
+
+    channels: tuple[str, ...]
+    group_of: np.ndarray  # int32, code → group number
+    col_of: np.ndarray  # int32, code → column position in its group
+
+    @classmethod
+    def from_catalog(cls, catalog: ChannelCatalog) -> ChannelCodes:
+        channels, groups, cols = [], [], []
+        for g in catalog.groups:
+            channels += g.channels
+            groups += [g.number] * len(g.channels)
+            cols += range(len(g.channels))
+        return cls(tuple(channels), np.asarray(groups, np.int32), np.asarray(cols, np.int32))
+
+    def frame(self) -> pl.DataFrame:
+        """channel → code, for joining channel ids (e.g. corrections) to codes."""
+        return pl.DataFrame(
+            {"channel": self.channels, "code": range(len(self.channels))},
+            schema={"channel": pl.String, "code": pl.Int32},
+        )
+
+
+def pivot_coded(
+    values: pl.DataFrame, codes: ChannelCodes, groups: Sequence[ChannelGroup]
+) -> dict[int, WideBlock]:
+    """Scatter rows (created_time, code, value) into one dense block per group.
+
+    Same result as ``pivot_group`` per group: a group's rows are the distinct timestamps
+    that have at least one row of its channels; NULL/NaN values leave the cell empty.
+    ``values`` holds at most one row per (created_time, code).
+    """
+    blocks: dict[int, WideBlock] = {}
+    if values.height == 0:
+        for g in groups:
+            n = len(g.columns)
+            blocks[g.number] = WideBlock(np.empty(0, np.int64), np.empty((0, n)), np.empty((0, n), bool))
+        return blocks
+    t = values.get_column("created_time").cast(pl.Int64).to_numpy()
+    uniq = values.get_column("created_time").unique().sort().cast(pl.Int64).to_numpy()
+    inv = np.searchsorted(uniq, t)
+    code = values.get_column("code").to_numpy()
+    v = values.get_column("value").to_numpy()
+    if v.dtype.kind != "f":
+        v = v.astype(np.float64)
+    g_of = codes.group_of[code]
+    c_of = codes.col_of[code]
+    for g in groups:
+        n_cols = len(g.columns)
+        idx = np.flatnonzero(g_of == g.number)
+        if idx.size == 0:
+            blocks[g.number] = WideBlock(np.empty(0, np.int64), np.empty((0, n_cols)),
+                                         np.empty((0, n_cols), bool))
+            continue
+        ri = inv[idx]
+        present = np.zeros(uniq.shape[0], bool)
+        present[ri] = True
+        r = (np.cumsum(present) - 1)[ri]
+        c = c_of[idx]
+        vv = v[idx]
+        has = ~np.isnan(vv)
+        n_rows = int(present.sum())
+        block = np.zeros((n_rows, n_cols), dtype=np.float64)
+        mask = np.zeros((n_rows, n_cols), dtype=bool)
+        mask[r, c] = has
+        block[r[has], c[has]] = vv[has]
+        blocks[g.number] = WideBlock(uniq[present], block, mask)
+    return blocks
 
 
 def locate_channels(values: pl.DataFrame, lookup: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:

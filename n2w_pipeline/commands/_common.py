@@ -6,8 +6,9 @@ import argparse
 import datetime as dt
 import logging
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from n2w_pipeline.config import Settings
 
@@ -59,69 +60,263 @@ class ProgressBar(logging.Handler):
         self.stream.flush()
 
 
-def run_backfill(
-    settings: Settings,
+Run = tuple[str, dt.datetime, dt.datetime]  # ship, start, end (exclusive)
+
+
+def plan_runs(
     ships: Sequence[str],
     start: dt.datetime,
     end: dt.datetime,
-    quiet: bool = False,
-) -> list[dict]:
-    """Materialise the wide assets for ``ships`` × [start, end) through Dagster, in runs
-    of at most ``settings.run_hours`` hours per ship, recorded in the n2w instance.
+    run_hours: int,
+    done: Mapping[str, set[dt.datetime]] | None = None,
+) -> list[Run]:
+    """The runs of a backfill: per ship, the hours of [start, end) not in ``done[ship]``,
+    cut into contiguous ranges of at most ``run_hours`` hours (a run is one ship × a
+    contiguous hour range, like an asset backfill with ``BackfillPolicy.multi_run``)."""
+    hour = dt.timedelta(hours=1)
+    runs: list[Run] = []
+    for ship in ships:
+        skip = (done or {}).get(ship, set())
+        run_start: dt.datetime | None = None
+        length = 0
+        cursor = start
+        while cursor < end:
+            if cursor in skip or length == run_hours:
+                if run_start is not None:
+                    runs.append((ship, run_start, cursor))
+                run_start, length = None, 0
+            if cursor not in skip:
+                if run_start is None:
+                    run_start = cursor
+                length += 1
+            cursor += hour
+        if run_start is not None:
+            runs.append((ship, run_start, end))
+    return runs
 
-    Returns one summary per run: ship, window, seconds, narrow rows and metadata.
-    """
+
+def materialized_hours(instance, asset_keys: Sequence, ships: Sequence[str]) -> dict[str, set[dt.datetime]]:  # noqa: ANN001
+    """(ship → hours) whose partitions every one of ``asset_keys`` has materialised."""
+    from n2w_pipeline.defs.partitions import HOUR_FMT
+
+    common: set[str] | None = None
+    for key in asset_keys:
+        keys = set(instance.get_materialized_partitions(key))
+        common = keys if common is None else common & keys
+    out: dict[str, set[dt.datetime]] = {ship: set() for ship in ships}
+    for key in common or ():
+        hour, ship = str(key).split("|")
+        if ship in out:
+            out[ship].add(dt.datetime.strptime(hour, HOUR_FMT))
+    return out
+
+
+class BackfillProgress:
+    """Sums the per-slice progress records of every run (in this process or in worker
+    processes) into one bar: ship-hours done, narrow rows, rows/s and ETA."""
+
+    def __init__(self, total_hours: int, quiet: bool, stream=sys.stderr) -> None:  # noqa: ANN001
+        self.total_hours = total_hours
+        self.t0 = time.perf_counter()
+        self.finished_hours = 0.0
+        self.finished_rows = 0
+        self.active: dict[str, tuple[float, int]] = {}
+        self.bar = None if quiet else ProgressBar(stream)
+        self.lock = threading.Lock()
+
+    def update(self, task: str, done: float, rows: int) -> None:
+        with self.lock:
+            self.active[task] = (done, rows)
+            self._draw()
+
+    def finish(self, task: str, hours: float, rows: int) -> None:
+        with self.lock:
+            self.active.pop(task, None)
+            self.finished_hours += hours
+            self.finished_rows += rows
+            self._draw()
+
+    def _draw(self) -> None:
+        if self.bar is None:
+            return
+        done = self.finished_hours + sum(d for d, _ in self.active.values())
+        rows = self.finished_rows + sum(r for _, r in self.active.values())
+        elapsed = max(time.perf_counter() - self.t0, 1e-9)
+        eta = elapsed / done * (self.total_hours - done) if done else 0.0
+        record = logging.LogRecord(PROGRESS_LOGGER, logging.INFO, "", 0, "progress", None, None)
+        record.__dict__.update(n2w_done=done, n2w_total=self.total_hours, n2w_rows=rows,
+                               n2w_rate=rows / elapsed, n2w_eta=eta)
+        self.bar.emit(record)
+
+
+class _TaskProgress(logging.Handler):
+    """Forwards one run's ``n2w.progress`` records to a sink ``(task, done, rows)``."""
+
+    def __init__(self, task: str, sink) -> None:  # noqa: ANN001
+        super().__init__()
+        self.task = task
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        done = getattr(record, "n2w_done", None)
+        if done is not None:
+            self.sink(self.task, float(done), int(record.n2w_rows))
+
+
+def _materialize_run(settings: Settings, run: Run, url: str) -> dict:
+    """One Dagster run of the wide assets for ``run`` (in this process's instance)."""
     import dagster as dg
 
     from n2w_pipeline.channels import load_catalog
     from n2w_pipeline.defs.partitions import partition_key
     from n2w_pipeline.defs.resources import N2WDatabase
     from n2w_pipeline.defs.wide_assets import build_wide_assets
+
+    ship, start, stop = run
+    assets = build_wide_assets(settings, load_catalog(settings.channel_lists_dir))
+    t0 = time.perf_counter()
+    with dg.DagsterInstance.get() as instance:
+        result = dg.materialize(
+            [assets],
+            instance=instance,
+            resources={"n2w_db": N2WDatabase(url=url)},
+            tags={
+                "dagster/asset_partition_range_start": partition_key(ship, start),
+                "dagster/asset_partition_range_end": partition_key(ship, stop - dt.timedelta(hours=1)),
+                "n2w/launched_by": "n2w backfill",
+            },
+            raise_on_error=True,
+            # the bar shows progress; Dagster's console logger only warnings
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        )
+    md: dict[str, dict] = {}
+    for m in result.asset_materializations_for_node("narrow_to_wide"):
+        md.setdefault(m.asset_key.to_user_string(), {k: v.value for k, v in m.metadata.items()})
+    return {"ship": ship, "start": start, "end": stop, "run_id": result.run_id,
+            "seconds": time.perf_counter() - t0, "assets": md}
+
+
+_worker_queue = None
+
+
+def _worker_init(env: dict[str, str], queue) -> None:  # noqa: ANN001
+    """Worker process: the Dagster env, and progress records sent to the parent."""
+    import os
+
+    global _worker_queue
+    os.environ.update(env)
+    _worker_queue = queue
+    logging.getLogger(PROGRESS_LOGGER).setLevel(logging.INFO)
+    logging.getLogger(PROGRESS_LOGGER).propagate = False
+
+
+def _worker_run(settings: Settings, run: Run, url: str) -> dict:
+    task = f"{run[0]}@{run[1].isoformat()}"
+    plog = logging.getLogger(PROGRESS_LOGGER)
+    handler = _TaskProgress(task, lambda t, d, r: _worker_queue.put((t, d, r)))  # type: ignore[union-attr]
+    plog.addHandler(handler)
+    try:
+        return _materialize_run(settings, run, url)
+    finally:
+        plog.removeHandler(handler)
+
+
+def run_backfill(
+    settings: Settings,
+    ships: Sequence[str],
+    start: dt.datetime,
+    end: dt.datetime,
+    quiet: bool = False,
+    parallel: int = 1,
+    resume: bool = False,
+) -> list[dict]:
+    """Materialise the wide assets for ``ships`` × [start, end) through Dagster, in runs
+    of at most ``settings.run_hours`` hours of one ship, recorded in the n2w instance.
+
+    ``resume``: skip the (ship, hour) partitions every wide asset has already
+    materialised (a run that failed or was killed materialised none of its partitions,
+    so they run again). ``parallel``: runs in that many worker processes at once, capped
+    by the instance's pool limit for ``n2w_database`` (each run's step holds a pool slot,
+    so more processes would only wait). Returns one summary per run, in plan order:
+    ship, window, seconds, narrow rows and metadata. The first failed run raises after
+    the runs already started have finished.
+    """
+    import dagster as dg
+
+    from n2w_pipeline.channels import load_catalog
+    from n2w_pipeline.defs.wide_assets import wide_asset_key
     from n2w_pipeline.instance import apply_dagster_env
 
     env = apply_dagster_env(settings)
+    url = env["N2W_DATABASE_URL"]
     catalog = load_catalog(settings.channel_lists_dir)
-    assets = build_wide_assets(settings, catalog)
-    bar = ProgressBar()
-    plog = logging.getLogger(PROGRESS_LOGGER)
-    plog.setLevel(logging.INFO)
-    plog.propagate = False
-    if not quiet:
-        plog.addHandler(bar)
-    summaries = []
-    step = dt.timedelta(hours=settings.run_hours)
+    with dg.DagsterInstance.get() as instance:
+        done = None
+        if resume:
+            done = materialized_hours(instance, [wide_asset_key(g) for g in catalog.groups], ships)
+        limit = instance.global_op_concurrency_default_limit
+    runs = plan_runs(ships, start, end, settings.run_hours, done)
+    if limit:
+        parallel = min(parallel, limit)
+    parallel = max(1, min(parallel, len(runs)))
+    hours = sum(int((e - s).total_seconds() // 3600) for _, s, e in runs)
+    progress = BackfillProgress(hours, quiet)
+    summaries: dict[Run, dict] = {}
+
+    def finished(run: Run, summary: dict) -> None:
+        summaries[run] = summary
+        rows = next(iter(summary["assets"].values()), {}).get("narrow_rows_read", 0)
+        progress.finish(f"{run[0]}@{run[1].isoformat()}", (run[2] - run[1]).total_seconds() / 3600, rows)
+
+    if parallel == 1:
+        plog = logging.getLogger(PROGRESS_LOGGER)
+        plog.setLevel(logging.INFO)
+        plog.propagate = False
+        for run in runs:
+            handler = _TaskProgress(f"{run[0]}@{run[1].isoformat()}", progress.update)
+            plog.addHandler(handler)
+            try:
+                finished(run, _materialize_run(settings, run, url))
+            finally:
+                plog.removeHandler(handler)
+    else:
+        _run_parallel(settings, runs, url, env, parallel, progress, finished)
+    return [summaries[r] for r in runs if r in summaries]
+
+
+def _run_parallel(settings, runs, url, env, parallel, progress, finished) -> None:  # noqa: ANN001
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Manager().Queue()
+    stop = threading.Event()
+
+    def pump() -> None:
+        while not stop.is_set():
+            try:
+                task, done, rows = queue.get(timeout=0.2)
+            except Exception:  # noqa: BLE001 - queue.Empty, or the manager gone at exit
+                continue
+            progress.update(task, done, rows)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    error: BaseException | None = None
     try:
-        with dg.DagsterInstance.get() as instance:
-            for ship in ships:
-                cursor = start
-                while cursor < end:
-                    stop = min(cursor + step, end)
-                    t0 = time.perf_counter()
-                    result = dg.materialize(
-                        [assets],
-                        instance=instance,
-                        resources={"n2w_db": N2WDatabase(url=env["N2W_DATABASE_URL"])},
-                        tags={
-                            "dagster/asset_partition_range_start": partition_key(ship, cursor),
-                            "dagster/asset_partition_range_end": partition_key(
-                                ship, stop - dt.timedelta(hours=1)
-                            ),
-                            "n2w/launched_by": "n2w backfill",
-                        },
-                        raise_on_error=True,
-                        # the bar shows progress; Dagster's console logger only warnings
-                        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-                    )
-                    mats = result.asset_materializations_for_node("narrow_to_wide")
-                    md = {}
-                    for m in mats:
-                        md.setdefault(m.asset_key.to_user_string(),
-                                      {k: v.value for k, v in m.metadata.items()})
-                    summaries.append({
-                        "ship": ship, "start": cursor, "end": stop, "run_id": result.run_id,
-                        "seconds": time.perf_counter() - t0, "assets": md,
-                    })
-                    cursor = stop
+        with ProcessPoolExecutor(parallel, mp_context=ctx, initializer=_worker_init,
+                                 initargs=(env, queue)) as pool:
+            futures = {pool.submit(_worker_run, settings, run, url): run for run in runs}
+            for fut in as_completed(futures):
+                try:
+                    finished(futures[fut], fut.result())
+                except BaseException as exc:  # noqa: BLE001 - re-raised below
+                    if error is None:
+                        error = exc
+                        for f in futures:
+                            f.cancel()
     finally:
-        plog.removeHandler(bar)
-    return summaries
+        stop.set()
+        reader.join(timeout=2)
+    if error is not None:
+        raise error

@@ -1,0 +1,444 @@
+"""Backfill benchmark: n2w through Dagster against crosstab and other baselines, one run.
+
+    .venv/bin/n2w bench backfill            # reference shape, one ship-week (~40M rows)
+    .venv/bin/n2w bench backfill --quick    # one ship-day (~6M rows)
+
+Generates the reference fleet shape (1,052 channels, 15 s cadence, ~5 % gaps) for one
+ship into the scratch schema ``n2w_bench`` (reused when it already holds the window),
+then measures, side by side and on fresh target tables each time:
+
+* the server-side extraction ceiling: the extraction query ``COPY … TO '/dev/null'``
+  (superuser) or ``TO STDOUT`` drained without parsing, one day per statement;
+* ``tablefunc.crosstab`` into the same three tables, one query per group per day (its
+  strongest form, FACTS.md), the value rule in the query;
+* n2w through Dagster (``n2w backfill``'s code path, run start-up included) for one
+  ship-day and one ship-week, each in a fresh process whose peak RSS is reported;
+* ``max(v) FILTER (WHERE channel = …) … GROUP BY created_time`` for one ship-hour;
+* row-by-row Python dicts + ``executemany`` upsert for one ship-hour;
+* Dagster's own cost for a one-ship-year run (8,784 hour partitions): a no-op asset
+  with the wide assets' specs, partitions and backfill policy, run in-process.
+
+Dagster runs of the benchmark go to their own instance database (``n2w_bench_dagster``),
+so they never mark partitions of your real instance as materialised. Results are printed
+as a table and written to ``benchmarks/results/backfill-<time>.json``.
+"""
+
+
+import argparse
+import datetime as dt
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from n2w_pipeline.channels import ChannelCatalog, load_catalog  # noqa: E402
+from n2w_pipeline.config import Settings  # noqa: E402
+from n2w_pipeline.database import dagster_storage_url, database_url  # noqa: E402
+from n2w_pipeline.extract import copy_extract_query  # noqa: E402
+from n2w_pipeline.generate import generate  # noqa: E402
+from n2w_pipeline.write import ensure_wide_table  # noqa: E402
+
+SOURCE = "n2w_bench"
+TARGET = "n2w_bench_wide"
+CROSSTAB = "n2w_bench_crosstab"
+BASELINE = "n2w_bench_baseline"
+SHIP = "IMO9976903"
+START = dt.datetime(2025, 3, 1)
+DAY = dt.timedelta(days=1)
+HOUR = dt.timedelta(hours=1)
+YEAR_HOURS = 8784
+
+
+def bench_settings(base: Settings, target: str = TARGET) -> Settings:
+    """The scratch schemas, one ship; asset checks are not run inside the timed runs."""
+    extra = {"checks_in_runs": False} if hasattr(base, "checks_in_runs") else {}
+    return replace(base, source_schema=SOURCE, target_schema=target, ships=(SHIP,),
+                   partition_start="2025-01-01-00:00", **extra)
+
+
+def value_sql(settings: Settings) -> sql.Composed:
+    """The value rule in SQL (same as helpers.sql_reference), NaN/±Infinity → NULL."""
+    c = settings.columns
+    return sql.SQL(
+        """(SELECT CASE WHEN x IN ('NaN'::float8, 'Infinity'::float8, '-Infinity'::float8)
+             THEN NULL ELSE x END FROM (SELECT CASE {vf}
+      WHEN 'Decimal' THEN {dv} WHEN 'Integer' THEN {lv}::float8
+      WHEN 'Boolean' THEN CASE WHEN {bv} THEN 1.0 WHEN NOT {bv} THEN 0.0 END
+      WHEN 'String' THEN CASE WHEN pg_input_is_valid(btrim({sv}), 'float8')
+                              THEN btrim({sv})::float8 END END AS x) v)"""
+    ).format(vf=sql.Identifier(c.value_format), dv=sql.Identifier(c.double_v),
+             lv=sql.Identifier(c.long_v), bv=sql.Identifier(c.bool_v), sv=sql.Identifier(c.str_v))
+
+
+# ---------------------------------------------------------------- data
+
+def ensure_data(conn: psycopg.Connection, settings: Settings, catalog: ChannelCatalog,
+                start: dt.datetime, end: dt.datetime) -> tuple[int, float]:
+    """Generate the window unless its first and last hours already have rows."""
+    src = sql.Identifier(*settings.source_qualified)
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (src.as_string(conn),)).fetchone()
+    if exists and exists[0]:
+        probe = sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE ship_id = %s AND created_time >= %s "
+                        "AND created_time < %s)").format(src)
+        first = conn.execute(probe, (SHIP, start, start + HOUR)).fetchone()
+        last = conn.execute(probe, (SHIP, end - HOUR, end)).fetchone()
+        if first and first[0] and last and last[0]:
+            return 0, 0.0
+    t0 = time.perf_counter()
+    n = generate(conn, settings, catalog, [SHIP], start, end, seed=1)
+    return n, time.perf_counter() - t0
+
+
+def count_rows(conn: psycopg.Connection, settings: Settings, start: dt.datetime, end: dt.datetime) -> int:
+    row = conn.execute(
+        sql.SQL("SELECT count(*) FROM {} WHERE ship_id = %s AND created_time >= %s AND created_time < %s")
+        .format(sql.Identifier(*settings.source_qualified)), (SHIP, start, end)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def fresh_tables(conn: psycopg.Connection, settings: Settings, catalog: ChannelCatalog) -> None:
+    """Drop and re-create the benchmark's target schema with empty wide tables."""
+    schema = sql.Identifier(settings.target_schema)
+    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(schema))
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(schema))
+    for g in catalog.groups:
+        ensure_wide_table(conn, settings, g, SHIP)
+    if is_superuser(conn):
+        conn.execute("CHECKPOINT")  # every method starts without the previous one's dirty pages
+
+
+def is_superuser(conn: psycopg.Connection) -> bool:
+    row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+    return bool(row and row[0])
+
+
+# ---------------------------------------------------------------- methods
+
+def ceiling(conn: psycopg.Connection, settings: Settings, start: dt.datetime, end: dt.datetime) -> dict:
+    """Server producing the extraction's binary COPY, one day per statement, no client."""
+    query = copy_extract_query(settings, coded=False)
+    to_null = is_superuser(conn)
+    t0 = time.perf_counter()
+    day = start
+    while day < end:
+        nxt = min(day + DAY, end)
+        with conn.transaction():
+            conn.execute("SELECT set_config('n2w.ship', %s, true), set_config('n2w.start', %s, true), "
+                         "set_config('n2w.end', %s, true)", (SHIP, day.isoformat(), nxt.isoformat()))
+            if to_null:
+                conn.execute(f"COPY ({query}) TO '/dev/null' (FORMAT binary)")
+            else:
+                with conn.cursor() as cur, cur.copy(f"COPY ({query}) TO STDOUT (FORMAT binary)") as cp:
+                    for _ in cp:
+                        pass
+        day = nxt
+    return {"seconds": time.perf_counter() - t0,
+            "how": "COPY (extract) TO '/dev/null'" if to_null else "COPY (extract) TO STDOUT, drained"}
+
+
+def crosstab(conn: psycopg.Connection, settings: Settings, catalog: ChannelCatalog,
+             start: dt.datetime, end: dt.datetime) -> dict:
+    """tablefunc.crosstab, one INSERT … SELECT per group per day, value rule in the query."""
+    conn.execute("CREATE EXTENSION IF NOT EXISTS tablefunc")
+    c = settings.columns
+    src = sql.Identifier(*settings.source_qualified)
+    t0 = time.perf_counter()
+    day = start
+    while day < end:
+        nxt = min(day + DAY, end)
+        for g in catalog.groups:
+            source = sql.SQL(
+                "SELECT {ct}, {ch}, {val} FROM {src} WHERE {ship} = {s} AND {ct} >= {a} AND {ct} < {b} "
+                "AND {ch} = ANY({chans}) ORDER BY 1"
+            ).format(ct=sql.Identifier(c.created_time), ch=sql.Identifier(c.channel),
+                     val=value_sql(settings), src=src, ship=sql.Identifier(c.ship_id),
+                     s=sql.Literal(SHIP), a=sql.Literal(day), b=sql.Literal(nxt),
+                     chans=sql.Literal(list(g.channels))).as_string(conn)
+            categories = sql.SQL(
+                "SELECT ch FROM unnest({}::text[]) WITH ORDINALITY u(ch, i) ORDER BY i"
+            ).format(sql.Literal(list(g.channels))).as_string(conn)
+            cols = [sql.Identifier("created_time")] + [sql.Identifier(col) for col in g.columns]
+            coldefs = sql.SQL(", ").join(
+                [sql.SQL("created_time timestamp")]
+                + [sql.SQL("{} float8").format(sql.Identifier(col)) for col in g.columns])
+            # the two query texts are crosstab's arguments: bound as values
+            conn.execute(
+                sql.SQL("INSERT INTO {} ({}) SELECT * FROM crosstab(%s, %s) AS ct({})").format(
+                    sql.Identifier(settings.target_schema, settings.table_name(SHIP, g.number)),
+                    sql.SQL(", ").join(cols), coldefs),
+                (source, categories),
+            )
+        day = nxt
+    return {"seconds": time.perf_counter() - t0}
+
+
+def max_filter(conn: psycopg.Connection, settings: Settings, catalog: ChannelCatalog,
+               start: dt.datetime, end: dt.datetime) -> dict:
+    """``max(v) FILTER (WHERE channel = …)`` per column, GROUP BY created_time, per group."""
+    c = settings.columns
+    t0 = time.perf_counter()
+    for g in catalog.groups:
+        aggs = sql.SQL(", ").join(sql.SQL("max(v) FILTER (WHERE ch = %s)") for _ in g.channels)
+        cols = [sql.Identifier("created_time")] + [sql.Identifier(col) for col in g.columns]
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {t} ({cols}) SELECT t, {aggs} FROM (SELECT {ct} AS t, {ch} AS ch, {val} AS v "
+                "FROM {src} WHERE {ship} = %s AND {ct} >= %s AND {ct} < %s AND {ch} = ANY(%s)) n "
+                "GROUP BY t"
+            ).format(t=sql.Identifier(settings.target_schema, settings.table_name(SHIP, g.number)),
+                     cols=sql.SQL(", ").join(cols), aggs=aggs, ct=sql.Identifier(c.created_time),
+                     ch=sql.Identifier(c.channel), val=value_sql(settings),
+                     src=sql.Identifier(*settings.source_qualified), ship=sql.Identifier(c.ship_id)),
+            (*g.channels, SHIP, start, end, list(g.channels)),
+        )
+    return {"seconds": time.perf_counter() - t0}
+
+
+def executemany_rows(conn: psycopg.Connection, settings: Settings, catalog: ChannelCatalog,
+                     start: dt.datetime, end: dt.datetime) -> dict:
+    """The replaced system's way: rows as Python tuples, dicts per timestamp, executemany
+    ``INSERT … ON CONFLICT DO UPDATE`` of wide rows in batches of 50,000 narrow rows."""
+    import math
+
+    c = settings.columns
+    t0 = time.perf_counter()
+    rows = conn.execute(
+        sql.SQL("SELECT {ct}, {ch}, {vf}, {dv}, {lv}, {bv}, {sv} FROM {src} "
+                "WHERE {ship} = %s AND {ct} >= %s AND {ct} < %s").format(
+            ct=sql.Identifier(c.created_time), ch=sql.Identifier(c.channel),
+            vf=sql.Identifier(c.value_format), dv=sql.Identifier(c.double_v),
+            lv=sql.Identifier(c.long_v), bv=sql.Identifier(c.bool_v), sv=sql.Identifier(c.str_v),
+            src=sql.Identifier(*settings.source_qualified), ship=sql.Identifier(c.ship_id)),
+        (SHIP, start, end)).fetchall()
+
+    def value(fmt, dv, lv, bv, sv):  # noqa: ANN001, ANN202
+        if fmt == "Decimal":
+            x = dv
+        elif fmt == "Integer":
+            x = None if lv is None else float(lv)
+        elif fmt == "Boolean":
+            x = None if bv is None else float(bv)
+        elif fmt == "String":
+            try:
+                x = float(sv.strip()) if sv is not None else None
+            except ValueError:
+                x = None
+        else:
+            x = None
+        return x if x is None or math.isfinite(x) else None
+
+    statements = {}
+    for g in catalog.groups:
+        cols = [sql.Identifier("created_time")] + [sql.Identifier(col) for col in g.columns]
+        statements[g.number] = sql.SQL(
+            "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT (created_time) DO UPDATE SET {}").format(
+            sql.Identifier(settings.target_schema, settings.table_name(SHIP, g.number)),
+            sql.SQL(", ").join(cols), sql.SQL(", ").join(sql.Placeholder() for _ in cols),
+            sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(col) for col in cols[1:]))
+    for i in range(0, len(rows), 50_000):
+        wide: dict[int, dict[dt.datetime, dict[str, float | None]]] = {g.number: {} for g in catalog.groups}
+        for t, ch, fmt, dv, lv, bv, sv in rows[i:i + 50_000]:
+            loc = catalog.locate(ch)
+            if loc is None:
+                continue
+            wide[loc[0]].setdefault(t, {})[ch] = value(fmt, dv, lv, bv, sv)
+        with conn.cursor() as cur:
+            for g in catalog.groups:
+                params = [(t, *(vals.get(ch) for ch in g.channels)) for t, vals in wide[g.number].items()]
+                if params:
+                    cur.executemany(statements[g.number], params)
+    return {"seconds": time.perf_counter() - t0}
+
+
+def n2w_run(start: dt.datetime, end: dt.datetime, parallel: int = 1) -> dict:
+    """n2w through Dagster in a fresh process: wall time of the runs and its peak RSS."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", start.isoformat(), end.isoformat(), str(parallel)],
+        capture_output=True, text=True, check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"n2w run failed:\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def child(start: str, end: str, parallel: str) -> None:
+    from n2w_pipeline.commands._common import run_backfill
+
+    settings = bench_settings(Settings.from_env())
+    t0 = time.perf_counter()
+    summaries = run_backfill(settings, [SHIP], dt.datetime.fromisoformat(start),
+                             dt.datetime.fromisoformat(end), quiet=True, parallel=int(parallel))
+    seconds = time.perf_counter() - t0
+    rows = sum(next(iter(s["assets"].values()))["narrow_rows_read"] for s in summaries)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"seconds": seconds, "rows": rows, "runs": len(summaries), "peak_rss": rss}))
+
+
+def run_creation(settings: Settings, catalog: ChannelCatalog) -> dict:
+    """Dagster's cost for one run over one ship × 8,784 hours, work skipped: a no-op
+    multi-asset with the wide assets' specs, partitions and backfill policy."""
+    import dagster as dg
+
+    from n2w_pipeline.defs.partitions import partition_key, wide_partitions
+    from n2w_pipeline.defs.wide_assets import _spec
+
+    marks: dict[str, float] = {}
+
+    @dg.multi_asset(name="narrow_to_wide", specs=[_spec(settings, g) for g in catalog.groups],
+                    partitions_def=wide_partitions(settings),
+                    backfill_policy=dg.BackfillPolicy.multi_run(YEAR_HOURS), can_subset=True)
+    def noop(context: dg.AssetExecutionContext):  # noqa: ANN202
+        marks["body_start"] = time.perf_counter()
+        marks["partitions"] = len(context.partition_keys)
+        for g in catalog.groups:
+            yield dg.MaterializeResult(asset_key=dg.AssetKey(g.asset_name))
+
+    first = dt.datetime(2025, 1, 1)
+    last = first + dt.timedelta(hours=YEAR_HOURS - 1)
+    t0 = time.perf_counter()
+    with dg.DagsterInstance.get() as instance:
+        result = dg.materialize(
+            [noop], instance=instance,
+            tags={"dagster/asset_partition_range_start": partition_key(SHIP, first),
+                  "dagster/asset_partition_range_end": partition_key(SHIP, last),
+                  "n2w/launched_by": "n2w bench backfill (run creation)"},
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        )
+    t_end = time.perf_counter()
+    assert result.success
+    # the body's yields return only after Dagster stored their per-partition events
+    return {"partitions": marks["partitions"], "create_and_start_s": marks["body_start"] - t0,
+            "finish_s": t_end - marks["body_start"], "total_s": t_end - t0}
+
+
+# ---------------------------------------------------------------- main
+
+def bench_dagster_env(base: Settings) -> None:
+    """Point this process (and its children) at a benchmark-only Dagster instance database."""
+    from n2w_pipeline.instance import apply_dagster_env
+
+    url = database_url(base)
+    storage = dagster_storage_url(base)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            have = conn.execute("SELECT 1 FROM pg_database WHERE datname = 'n2w_bench_dagster'").fetchone()
+            if not have:
+                conn.execute("CREATE DATABASE n2w_bench_dagster")
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(storage)
+        storage = urlunsplit(parts._replace(path="/n2w_bench_dagster"))
+    except psycopg.Error as exc:
+        print(f"note: cannot create database n2w_bench_dagster ({exc}); benchmark runs go to "
+              "the configured Dagster instance", file=sys.stderr)
+    os.environ["N2W_DAGSTER_PG_URL"] = storage
+    apply_dagster_env(base)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="one ship-day of data (n2w: 6 h and a day)")
+    p.add_argument("--month", action="store_true",
+                   help="also generate and run a ship-month (30 days; ~10 min of generation)")
+    p.add_argument("--parallel", type=int, default=1, help="n2w backfill --parallel for the runs")
+    p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        child(*args.child)
+        return 0
+
+    base = Settings.from_env()
+    settings = bench_settings(base)
+    catalog = load_catalog(settings.channel_lists_dir)
+    url = database_url(settings)
+    bench_dagster_env(base)
+    days = 30 if args.month else 1 if args.quick else 7
+    end = START + days * DAY
+    week_end = START + (1 if args.quick else 7) * DAY
+    small_end = START + (dt.timedelta(hours=6) if args.quick else DAY)
+    results: dict = {"machine": {"cpus": os.cpu_count()}, "shape": {"channels": len(catalog.all_channels),
+                                                                   "cadence_s": 15, "ship": SHIP}}
+    rows_out = []
+
+    def line(name: str, rows: int, seconds: float, rss: int | None = None, note: str = "") -> None:
+        rows_out.append({"method": name, "narrow_rows": rows, "seconds": seconds,
+                         "rows_per_s": rows / seconds if seconds else 0.0, "peak_rss": rss, "note": note})
+        print(f"  {name:<46} {rows:>12,} rows {seconds:>8.1f} s {rows / seconds:>12,.0f} rows/s", flush=True)
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        n, secs = ensure_data(conn, settings, catalog, START, end)
+        if n:
+            print(f"generated {n:,} narrow rows in {secs:.0f} s ({n / secs:,.0f} rows/s)")
+        week_rows = count_rows(conn, settings, START, week_end)
+        hour_rows = count_rows(conn, settings, START, START + HOUR)
+        print(f"data: {week_rows:,} narrow rows in {SOURCE} for {SHIP} "
+              f"{START:%Y-%m-%d} .. {week_end:%Y-%m-%d}")
+
+        r = ceiling(conn, settings, START, week_end)
+        line(f"extraction ceiling ({r['how']})", week_rows, r["seconds"])
+        cross = replace(settings, target_schema=CROSSTAB)
+        fresh_tables(conn, cross, catalog)
+        r = crosstab(conn, cross, catalog, START, week_end)
+        line("tablefunc.crosstab, per group per day", week_rows, r["seconds"])
+        base_s = replace(settings, target_schema=BASELINE)
+        fresh_tables(conn, base_s, catalog)
+        r = max_filter(conn, base_s, catalog, START, START + HOUR)
+        line("max() FILTER … GROUP BY, one ship-hour", hour_rows, r["seconds"])
+        fresh_tables(conn, base_s, catalog)
+        r = executemany_rows(conn, base_s, catalog, START, START + HOUR)
+        line("row-by-row executemany upsert, one ship-hour", hour_rows, r["seconds"])
+
+        runs = [("n2w through Dagster, one ship-" + ("6 h" if args.quick else "day"), small_end)]
+        runs.append(("n2w through Dagster, one ship-" + ("day" if args.quick else "week"), week_end))
+        if args.month:
+            runs.append(("n2w through Dagster, one ship-month", end))
+        for name, stop in runs:
+            fresh_tables(conn, settings, catalog)
+            r = n2w_run(START, stop, args.parallel)
+            line(name, r["rows"], r["seconds"], r["peak_rss"],
+                 f"{r['runs']} run(s), slices of {settings.slice_hours} h")
+    creation = run_creation(settings, catalog)
+    results["run_creation_one_ship_year"] = creation
+    results["methods"] = rows_out
+    cross_rate = next(m["rows_per_s"] for m in rows_out if m["method"].startswith("tablefunc"))
+    ceil_rate = rows_out[0]["rows_per_s"]
+
+    print()
+    print(f"{'method':<48} {'narrow rows':>12} {'s':>7} {'rows/s':>11} {'x crosstab':>10} "
+          f"{'x ceiling':>9} {'peak RSS':>9}")
+    for m in rows_out:
+        rss = f"{m['peak_rss'] / 2**20:,.0f} MB" if m["peak_rss"] else ""
+        m["x_crosstab"] = m["rows_per_s"] / cross_rate
+        m["x_ceiling"] = m["rows_per_s"] / ceil_rate
+        print(f"{m['method']:<48} {m['narrow_rows']:>12,} {m['seconds']:>7.1f} {m['rows_per_s']:>11,.0f} "
+              f"{m['x_crosstab']:>10.2f} {m['x_ceiling']:>9.2f} {rss:>9}")
+    print()
+    print(f"Dagster, one run of {creation['partitions']:,} partitions (1 ship-year, no-op body): "
+          f"created and started in {creation['create_and_start_s']:.1f} s, finished "
+          f"({len(catalog.groups)} x {creation['partitions']:,} materialisations) in "
+          f"{creation['finish_s']:.1f} s, {creation['total_s']:.1f} s in all")
+    n2w = [m for m in rows_out if m["method"].startswith("n2w") and m["peak_rss"]]
+    if len(n2w) >= 2:
+        lo, hi = n2w[0]["peak_rss"], n2w[-1]["peak_rss"]
+        print(f"peak RSS {n2w[-1]['method'].split(', ')[-1]} / {n2w[0]['method'].split(', ')[-1]}: "
+              f"{hi / lo:.2f}")
+    folder = ROOT / "benchmarks" / "results"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"backfill-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
+    path.write_text(json.dumps(results, indent=2, default=str))
+    print(f"written {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

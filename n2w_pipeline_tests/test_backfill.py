@@ -1,0 +1,153 @@
+"""Backfills: range runs through the pipelined slices, parallel ships, resume after an
+interrupted run — every table checked against the independent SQL pivot. No timings."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+
+import dagster as dg
+import psycopg
+import pytest
+from psycopg import sql
+
+from n2w_pipeline.channels import ChannelCatalog
+from n2w_pipeline.commands._common import materialized_hours, plan_runs, run_backfill
+from n2w_pipeline.config import Settings
+from n2w_pipeline.defs.wide_assets import wide_asset_key
+from n2w_pipeline.generate import generate
+from n2w_pipeline.instance import BOOKKEEPING_ENV
+from n2w_pipeline.materialize import materialize_window, prepare_tables
+from n2w_pipeline_tests.helpers import hour_key, run_wide, sql_reference, wide_cells
+
+H0 = dt.datetime(2025, 3, 1, 0, 0)
+HOUR = dt.timedelta(hours=1)
+
+
+def assert_equals_reference(conn: psycopg.Connection, settings: Settings, catalog: ChannelCatalog,
+                            ship: str, start: dt.datetime, end: dt.datetime) -> None:
+    for g in catalog.groups:
+        ref_times, ref_cells = sql_reference(conn, settings, g, ship, start, end)
+        times, cells = wide_cells(conn, settings, g, ship)
+        assert ref_cells, "the generator must have produced values"
+        assert times == ref_times, (ship, g.number)
+        assert cells == ref_cells, (ship, g.number)
+
+
+def rows_per_hour(conn: psycopg.Connection, settings: Settings, catalog: ChannelCatalog,
+                  ship: str) -> dict[int, dict[dt.datetime, int]]:
+    out = {}
+    for g in catalog.groups:
+        rows = conn.execute(
+            sql.SQL("SELECT date_trunc('hour', created_time), count(*) FROM {} GROUP BY 1").format(
+                sql.Identifier(settings.target_schema, settings.table_name(ship, g.number)))
+        ).fetchall()
+        out[g.number] = dict(rows)
+    return out
+
+
+def test_plan_runs_cuts_ranges_and_skips_done_hours():
+    a, b = "IMO1", "IMO2"
+    h = [H0 + i * HOUR for i in range(10)]
+    assert plan_runs([a], H0, h[5], 2) == [(a, h[0], h[2]), (a, h[2], h[4]), (a, h[4], h[5])]
+    done = {a: {h[1], h[2], h[6]}, b: set(h)}
+    assert plan_runs([a, b], H0, H0 + 10 * HOUR, 3, done) == [
+        (a, h[0], h[1]), (a, h[3], h[6]), (a, h[7], H0 + 10 * HOUR)]
+    assert plan_runs([b], H0, H0 + 10 * HOUR, 3, done) == []
+
+
+def test_hour_spanning_range_run_through_pipelined_slices(settings, catalog, conn):
+    """Four 1-hour slices in flight two at a time: the same tables as the SQL pivot,
+    and a re-run (upsert path instead of the direct COPY of a first fill) changes nothing."""
+    s = replace(settings, slice_hours=1)
+    ship = s.ships[0]
+    generate(conn, s, catalog, [ship], H0, H0 + 4 * HOUR, seed=21)
+    result = run_wide(s, catalog, first=hour_key(ship, H0), last=hour_key(ship, H0 + 3 * HOUR))
+    assert result.success
+    assert_equals_reference(conn, s, catalog, ship, H0, H0 + 4 * HOUR)
+    md = {m.asset_key.path[-1]: m.metadata for m in result.asset_materializations_for_node("narrow_to_wide")}
+    g1 = md[catalog.groups[0].asset_name]
+    assert g1["rows_inserted"].value == 4 * 240 and g1["rows_updated"].value == 0
+
+    # a changed value in the middle hour, then the whole range again
+    src = sql.Identifier(*s.source_qualified)
+    t = H0 + 2 * HOUR + dt.timedelta(seconds=30)
+    conn.execute(sql.SQL("UPDATE {} SET double_v = 4242.5 WHERE created_time = %s "
+                         "AND value_format = 'Decimal'").format(src), (t,))
+    stats = materialize_window(s.database_url, s, catalog, ship, H0, H0 + 4 * HOUR)
+    assert sum(g.inserted for g in stats.groups.values()) == 0
+    assert sum(g.updated for g in stats.groups.values()) >= 1
+    assert_equals_reference(conn, s, catalog, ship, H0, H0 + 4 * HOUR)
+
+
+def test_ship_spanning_range_run(settings, catalog, conn):
+    """Runs of one hour × three ships (hour × ship-range keys), for two hours."""
+    s = replace(settings, slice_hours=1)
+    ships = s.ships
+    generate(conn, s, catalog, ships, H0, H0 + 2 * HOUR, seed=22)
+    assert run_wide(s, catalog, first=hour_key(ships[0], H0), last=hour_key(ships[2], H0)).success
+    assert run_wide(s, catalog, first=hour_key(ships[0], H0 + HOUR),
+                    last=hour_key(ships[2], H0 + HOUR)).success
+    for ship in ships:
+        assert_equals_reference(conn, s, catalog, ship, H0, H0 + 2 * HOUR)
+
+
+@pytest.fixture
+def backfill_env(settings: Settings, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """An n2w Dagster instance of its own (fresh database), env restored afterwards."""
+    name = f"n2w_test_dagster_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(pg_url)
+    storage = urlunsplit(parts._replace(scheme="postgresql+psycopg2", path=f"/{name}"))
+    for key in ("DAGSTER_HOME", "N2W_DATABASE_URL", "N2W_STATE_DIR", "N2W_COMPUTE_LOG_DIR",
+                *BOOKKEEPING_ENV):
+        monkeypatch.setenv(key, "")  # so that monkeypatch restores what apply_dagster_env sets
+    monkeypatch.setenv("N2W_DAGSTER_PG_URL", storage)
+    yield replace(settings, slice_hours=1, run_hours=3, ships=settings.ships[:2])
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_interrupted_parallel_backfill_resumes_only_missing_partitions(backfill_env, catalog, conn):
+    s = backfill_env
+    ok, broken = s.ships
+    end = H0 + 3 * HOUR
+    generate(conn, s, catalog, s.ships, H0, end, seed=23)
+    # The run of `broken` dies in its third hour: a trigger rejects rows from 02:00 on,
+    # in one group only (the others are written in the same transaction).
+    with psycopg.connect(s.database_url, autocommit=True) as c:
+        prepare_tables(c, s, catalog.groups, [broken])
+        table = sql.Identifier(s.target_schema, s.table_name(broken, catalog.groups[1].number))
+        fn = sql.Identifier(s.target_schema, "n2w_test_reject")
+        c.execute(sql.SQL("CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS "
+                          "$$BEGIN RAISE EXCEPTION 'simulated failure'; END$$").format(fn))
+        c.execute(sql.SQL("CREATE TRIGGER reject BEFORE INSERT ON {} FOR EACH ROW "
+                          "WHEN (NEW.created_time >= {}) EXECUTE FUNCTION {}()").format(
+            table, sql.Literal(H0 + 2 * HOUR), fn))
+
+    with pytest.raises(Exception, match="simulated failure"):
+        run_backfill(s, s.ships, H0, end, quiet=True, parallel=2, resume=True)
+
+    # no partial hour: hour 02:00 of `broken` is in none of its tables; earlier hours are whole
+    per_hour = rows_per_hour(conn, s, catalog, broken)
+    assert all(H0 + 2 * HOUR not in hours for hours in per_hour.values())
+    assert all(hours.get(H0) == 240 for hours in per_hour.values())
+    for h in (H0, H0 + HOUR):
+        assert len({hours.get(h) for hours in per_hour.values()}) == 1  # all tables or none
+
+    with dg.DagsterInstance.get() as instance:
+        done = materialized_hours(instance, [wide_asset_key(g) for g in catalog.groups], s.ships)
+    assert done == {ok: {H0, H0 + HOUR, H0 + 2 * HOUR}, broken: set()}
+
+    conn.execute(sql.SQL("DROP TRIGGER reject ON {}").format(table))
+    summaries = run_backfill(s, s.ships, H0, end, quiet=True, parallel=1, resume=True)
+    assert [(r["ship"], r["start"], r["end"]) for r in summaries] == [(broken, H0, end)]
+    for ship in s.ships:
+        assert_equals_reference(conn, s, catalog, ship, H0, end)
+    # and now there is nothing left to do
+    assert run_backfill(s, s.ships, H0, end, quiet=True, resume=True) == []
