@@ -12,7 +12,7 @@ import logging
 import sys
 import warnings
 
-COMMANDS = ("demo", "generate", "backfill", "dev", "db_url", "bench")
+COMMANDS = ("demo", "generate", "backfill", "check", "corrections", "dev", "db_url", "bench")
 
 EPILOG = """\
 Configuration comes from N2W_* environment variables (see README.md). With no

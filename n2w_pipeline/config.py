@@ -46,6 +46,30 @@ def _pairs(value: str) -> dict[str, str]:
     return out
 
 
+def _flag(name: str, value: str) -> bool:
+    low = value.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}: expected 1/0, true/false, yes/no or on/off, got {value!r}")
+
+
+def _group_pcts(name: str, value: str) -> tuple[tuple[int, float], ...]:
+    """`90` (every group) or `90,3=80` (group 3: 80) → ((0, 90.0), (3, 80.0))."""
+    out: dict[int, float] = {}
+    for item in _split(value):
+        group, sep, pct = item.rpartition("=")
+        try:
+            key, val = (int(group) if sep else 0), float(pct)
+        except ValueError:
+            raise ValueError(f"{name}: expected PCT or GROUP=PCT items, got {item!r}") from None
+        if not 0 <= val <= 100:
+            raise ValueError(f"{name}: {item!r} is not a percentage")
+        out[key] = val
+    return tuple(sorted(out.items()))
+
+
 @dataclass(frozen=True)
 class SourceColumns:
     """Column names of the narrow source table."""
@@ -96,6 +120,20 @@ class Settings:
     """N2W_SLICE_HOURS: hours extracted, pivoted and written per transaction."""
     run_hours: int = 168
     """N2W_RUN_HOURS: partitions per backfill run (BackfillPolicy.multi_run)."""
+    realtime: bool = True
+    """N2W_REALTIME: 1/0 — the realtime sensor's default status (RUNNING or STOPPED)."""
+    realtime_cursor: str = "id"
+    """N2W_REALTIME_CURSOR_COLUMN: arrival order, `id` or `server_created_time` (see N2W_COL_*)."""
+    realtime_interval_seconds: int = 5
+    """N2W_REALTIME_INTERVAL_SECONDS: minimum seconds between two realtime sensor ticks."""
+    realtime_batch_rows: int = 500_000
+    """N2W_REALTIME_BATCH_ROWS: narrow rows one tick reads at most (a backlog takes several ticks)."""
+    checks_in_runs: bool = True
+    """N2W_CHECKS_IN_RUNS: 1/0 — run the asset checks inside every materialisation."""
+    check_min_fill_pct: tuple[tuple[int, float], ...] = ((0, 90.0),)
+    """N2W_CHECK_MIN_FILL_PCT: null-fill warning threshold, `90` or per group `90,3=80`."""
+    check_min_coverage_pct: tuple[tuple[int, float], ...] = ((0, 95.0),)
+    """N2W_CHECK_MIN_COVERAGE_PCT: channel-coverage warning threshold, `95` or `95,2=90`."""
 
     @property
     def source_qualified(self) -> tuple[str, str]:
@@ -131,11 +169,22 @@ class Settings:
             kw["state_dir"] = Path(v)
         if (v := get("CSV_TIME_OFFSET_HOURS")) is not None:
             kw["csv_time_offset_hours"] = float(v)
-        for name in ("slice_hours", "run_hours"):
+        if (v := get("REALTIME")) is not None:
+            kw["realtime"] = _flag("N2W_REALTIME", v)
+        if (v := get("REALTIME_CURSOR_COLUMN")) is not None:
+            if v not in ("id", "server_created_time"):
+                raise ValueError(f"N2W_REALTIME_CURSOR_COLUMN must be id or server_created_time, got {v!r}")
+            kw["realtime_cursor"] = v
+        for name in ("slice_hours", "run_hours", "realtime_interval_seconds", "realtime_batch_rows"):
             if (v := get(name.upper())) is not None:
                 kw[name] = int(v)
                 if kw[name] < 1:
                     raise ValueError(f"N2W_{name.upper()} must be >= 1, got {v}")
+        if (v := get("CHECKS_IN_RUNS")) is not None:
+            kw["checks_in_runs"] = v.strip().lower() not in ("0", "false", "no", "off")
+        for name in ("check_min_fill_pct", "check_min_coverage_pct"):
+            if (v := get(name.upper())) is not None:
+                kw[name] = _group_pcts(f"N2W_{name.upper()}", v)
         cols = {
             f.name: env[f"N2W_COL_{f.name.upper()}"]
             for f in fields(SourceColumns)

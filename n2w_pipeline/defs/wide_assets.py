@@ -11,6 +11,7 @@ import dagster as dg
 
 from n2w_pipeline.channels import ChannelCatalog, ChannelGroup
 from n2w_pipeline.config import Settings
+from n2w_pipeline.defs.checks import run_check_results, run_check_specs
 from n2w_pipeline.defs.partitions import ship_windows, wide_partitions
 from n2w_pipeline.defs.resources import N2WDatabase
 from n2w_pipeline.materialize import WindowStats, materialize_window
@@ -24,9 +25,29 @@ def wide_asset_key(group: ChannelGroup) -> dg.AssetKey:
     return dg.AssetKey(group.asset_name)
 
 
+NARROW_KEY = dg.AssetKey("narrow_timeseries")
+
+
+def narrow_source_spec(settings: Settings) -> dg.AssetSpec:
+    """The narrow table, shown upstream of the wide assets (written by the ships, not n2w)."""
+    return dg.AssetSpec(
+        key=NARROW_KEY,
+        group_name="sources",
+        kinds={"postgres"},
+        owners=["team:n2w"],
+        description=(
+            f"The narrow time-series table {settings.source_schema}.{settings.source_table}: one "
+            "row per ship, channel and 15-second sample, written by the fleet's ingestion, "
+            "not by n2w. The realtime sensor watches it for new rows."
+        ),
+        metadata={"table": f"{settings.source_schema}.{settings.source_table}"},
+    )
+
+
 def _spec(settings: Settings, group: ChannelGroup) -> dg.AssetSpec:
     return dg.AssetSpec(
         key=wide_asset_key(group),
+        deps=[NARROW_KEY],
         group_name=WIDE_GROUP,
         kinds={"postgres", "polars"},
         owners=["team:n2w"],
@@ -138,6 +159,7 @@ def build_wide_assets(settings: Settings, catalog: ChannelCatalog) -> dg.AssetsD
     @dg.multi_asset(
         name="narrow_to_wide",
         specs=[_spec(settings, g) for g in catalog.groups],
+        check_specs=run_check_specs(settings, catalog) if settings.checks_in_runs else None,
         partitions_def=wide_partitions(settings),
         backfill_policy=dg.BackfillPolicy.multi_run(settings.run_hours),
         can_subset=True,
@@ -145,12 +167,13 @@ def build_wide_assets(settings: Settings, catalog: ChannelCatalog) -> dg.AssetsD
     )
     def narrow_to_wide(
         context: dg.AssetExecutionContext, n2w_db: N2WDatabase
-    ) -> Iterator[dg.MaterializeResult]:
+    ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
         """Pivot the narrow rows of the run's (ship, hour) partitions into the wide tables.
 
         Reads each ship's hours in slices of N2W_SLICE_HOURS through COPY/Arrow, pivots in
         Polars and upserts each slice in one transaction under per-hour locks, so any
         re-run, range run or concurrent run of the same hours leaves the same tables.
+        Then the asset checks (checks.py) compare exactly these windows with the narrow rows.
         """
         groups = [groups_by_key[k] for k in sorted(context.selected_asset_keys) if k in groups_by_key]
         windows = ship_windows(context.partition_keys)
@@ -184,5 +207,6 @@ def build_wide_assets(settings: Settings, catalog: ChannelCatalog) -> dg.AssetsD
                 asset_key=wide_asset_key(g),
                 metadata=_metadata(g, settings, total, wall, window_list),
             )
+        yield from run_check_results(context, url, settings, groups, windows)
 
     return narrow_to_wide

@@ -1,0 +1,77 @@
+"""``n2w check``: the wide tables' asset checks for ships × a window, printed as a table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from n2w_pipeline.commands._common import hour_floor, parse_time
+from n2w_pipeline.config import Settings
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "check",
+        help="run the asset checks (fill, coverage, reconciliation, unknown channels) for a window",
+        description="Compare the wide tables with the narrow table for every (ship, channel group) "
+        "over [--start, --end): null-fill rate with the emptiest channels, channel coverage with "
+        "the silent channels, narrow/wide reconciliation (naming the first differing cells) and "
+        "channels in no list. The same checks run inside every materialisation; this command "
+        "checks any window on demand, without Dagster. Exit status 1 when an ERROR check fails "
+        "(reconciliation), 0 otherwise (warnings are printed).",
+    )
+    p.add_argument("--ship", action="append", dest="ships", metavar="SHIP",
+                   help="ship id (repeatable); default: every configured ship")
+    p.add_argument("--start", type=parse_time, required=True, help="first hour, e.g. 2025-03-01")
+    p.add_argument("--end", type=parse_time, required=True,
+                   help="end of the window (exclusive), e.g. 2025-03-02")
+    p.add_argument("--group", type=int, action="append", dest="groups", metavar="N",
+                   help="channel group number (repeatable); default: every group")
+    p.add_argument("--json", action="store_true", help="print every figure as JSON instead")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from n2w_pipeline.channels import load_catalog
+    from n2w_pipeline.checks import ERROR, check_window
+    from n2w_pipeline.database import database_url
+
+    settings = Settings.from_env()
+    ships = args.ships or list(settings.ships)
+    unknown = [s for s in ships if s not in settings.ships]
+    if unknown:
+        raise SystemExit(f"n2w check: unknown ship(s) {unknown}; configured: {list(settings.ships)}")
+    start, end = hour_floor(args.start), hour_floor(args.end)
+    if end <= start:
+        raise SystemExit("n2w check: --end must be at least one hour after --start")
+    catalog = load_catalog(settings.channel_lists_dir)
+    groups = [catalog.group(n) for n in args.groups] if args.groups else list(catalog.groups)
+    url = database_url(settings)
+    rows = []
+    for ship in ships:
+        for o in check_window(url, settings, catalog, [ship], start, end, groups):
+            rows.append((ship, o))
+    if args.json:
+        print(json.dumps(
+            [{"ship": s, "group": o.group, "check": o.name, "passed": o.passed, "severity": o.severity,
+              "summary": o.summary, "metadata": o.metadata} for s, o in rows],
+            indent=2, default=str,
+        ))
+    else:
+        print(f"checks for {start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M}")
+        print(format_table(rows))
+    return 1 if any(not o.passed and o.severity == ERROR for _, o in rows) else 0
+
+
+def format_table(rows: list) -> str:
+    """ship | group | check | result | summary, one line per check."""
+    head = ("ship", "group", "check", "result", "summary")
+    body = [
+        (s, str(o.group), o.name, "PASS" if o.passed else o.severity, o.summary) for s, o in rows
+    ]
+    widths = [max(len(r[i]) for r in [head, *body]) for i in range(4)]
+    lines = []
+    for r in [head, *body]:
+        lines.append("  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4])
+    lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * 7)
+    return "\n".join(lines)
