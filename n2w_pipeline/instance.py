@@ -54,3 +54,20 @@ def apply_dagster_env(settings: Settings) -> dict[str, str]:
     env = dagster_env(settings)
     os.environ.update(env)
     return env
+
+
+def sync_pool_limit(instance) -> int | None:  # noqa: ANN001 - dagster.DagsterInstance
+    """Give the ``n2w_database`` pool the limit of ``concurrency.pools.default_limit``.
+
+    Works around dagster-postgres 0.29: when the default limit in dagster.yaml changes,
+    the first claim of a pool that already has a row tries an INSERT, gets an
+    IntegrityError that aborts the transaction, then fails its UPDATE — and every run of
+    the pool fails ("current transaction is aborted"). An explicit limit set here never
+    goes through that path. Called by every n2w command that starts Dagster work.
+    """
+    from n2w_pipeline.defs.wide_assets import DB_POOL
+
+    limit = instance.global_op_concurrency_default_limit
+    if limit is not None and instance.event_log_storage.supports_global_concurrency_limits:
+        instance.event_log_storage.set_concurrency_slots(DB_POOL, int(limit))
+    return limit

@@ -1,0 +1,131 @@
+"""The realtime sensor: new narrow rows → runs of their (ship, hour) partitions.
+
+A thin wrapper over ``n2w_pipeline.realtime`` (which says what one tick reads and why no
+late row is lost). Choices made here:
+
+- **Static ship dimension.** A ship id that is not in ``N2W_SHIPS`` is reported (tick
+  message, a warning in the sensor log, a running total in the cursor), not added as a
+  partition. The ship list also names the wide tables and is shared by backfills; a
+  dynamic dimension would let any stray or mistyped ship id create three wide tables and
+  a partition forever. Adding a ship is a config change (``N2W_SHIPS``) followed by
+  ``n2w backfill --ship NEW`` for its history.
+- **One run per hour per tick** (a range run over the ships with new rows) instead of one
+  per (ship, hour): one run per partition (8 a minute) fell behind in the benchmark, each
+  run costing ~10 s of queue, launch and start-up on two cores, serialised by the pool.
+- **Runs target the assets directly** (no extra job, so no job page offering a
+  multi-partition backfill that runs only the first key) and run **in-process**: the
+  multi-asset is one step, so the default multiprocess executor would only add a second
+  Python process (~2–3 CPU-s) to every run.
+- **Priority** ``dagster/priority=10``: realtime runs leave the queue before backfill
+  runs (priority 0), so a long backfill does not hold the wide tables' present back.
+- **Coalescing**: a partition that already has a realtime run waiting in the queue is not
+  requested again — that run has not read the narrow table yet and will see these rows.
+"""
+
+import datetime as dt
+
+import dagster as dg
+import psycopg
+
+from n2w_pipeline.config import Settings
+from n2w_pipeline.defs.partitions import partition_key
+from n2w_pipeline.defs.resources import N2WDatabase
+from n2w_pipeline.realtime import (
+    RunGroup,
+    arrival,
+    arrival_index_problem,
+    describe_runs,
+    group_runs,
+    tick,
+)
+
+SENSOR_NAME = "narrow_realtime"
+REALTIME_TAG = "n2w/realtime"  # value: new | late | deferred
+PRIORITY = "10"
+IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
+
+
+def run_request(group: RunGroup, wide: dg.AssetsDefinition) -> dg.RunRequest:
+    """One hour × a ship range of every wide asset, in-process, ahead of backfills.
+
+    A single ship is a plain partition run; several ships are one range run (the
+    ``dagster/asset_partition_range_*`` tags), which the multi-asset reads as one window
+    per ship. The checks are named explicitly: only those evaluated inside the
+    materialisation, not other checks on the wide assets (on-demand ones need config).
+    """
+    first, last = partition_key(group.ships[0], group.hour), partition_key(group.ships[-1], group.hour)
+    tags = {REALTIME_TAG: group.reason, "n2w/realtime_rows": str(group.rows),
+            "n2w/realtime_ships": ",".join(group.triggered), "dagster/priority": PRIORITY}
+    if len(group.ships) > 1:
+        tags |= {"dagster/asset_partition_range_start": str(first),
+                 "dagster/asset_partition_range_end": str(last)}
+    return dg.RunRequest(
+        run_key=group.run_key,
+        partition_key=first if len(group.ships) == 1 else None,
+        asset_selection=sorted(wide.keys),
+        asset_check_keys=sorted(wide.check_keys),
+        run_config=IN_PROCESS,
+        tags=tags,
+    )
+
+
+def _queued(instance: dg.DagsterInstance, ships: list[str]) -> set[tuple[str, str]]:
+    """(hour key, ship) of every partition a queued realtime run will materialise."""
+    queued = dg.RunsFilter(statuses=[dg.DagsterRunStatus.QUEUED], tags={"dagster/sensor_name": SENSOR_NAME})
+    out: set[tuple[str, str]] = set()
+    for run in instance.get_runs(filters=queued):
+        first = run.tags.get("dagster/asset_partition_range_start") or run.tags.get("dagster/partition")
+        last = run.tags.get("dagster/asset_partition_range_end") or first
+        if not first or not last:
+            continue
+        hour, a = first.split("|")
+        _, b = last.split("|")
+        if a in ships and b in ships:
+            out |= {(hour, s) for s in ships[ships.index(a): ships.index(b) + 1]}
+    return out
+
+
+def build_realtime_sensor(settings: Settings, wide: dg.AssetsDefinition) -> dg.SensorDefinition:
+    arr = arrival(settings)
+
+    @dg.sensor(
+        name=SENSOR_NAME,
+        target=wide,
+        minimum_interval_seconds=settings.realtime_interval_seconds,
+        default_status=(dg.DefaultSensorStatus.RUNNING if settings.realtime
+                        else dg.DefaultSensorStatus.STOPPED),
+        description=(
+            f"Every {settings.realtime_interval_seconds} s: reads narrow rows that arrived since "
+            f"the cursor (by `{arr.column}`, at most {settings.realtime_batch_rows:,} per tick, "
+            "oldest first) and requests a run of each (ship, hour) partition they belong to — an "
+            "old hour too, when late rows arrive for it. Ids still held by open transactions are "
+            "re-read until those commit or roll back. Ships not in N2W_SHIPS and hours before "
+            "N2W_PARTITION_START are skipped and counted in the tick message; future hours wait "
+            "in the cursor. Default status from N2W_REALTIME; `n2w dev --no-realtime` stops it."
+        ),
+    )
+    def narrow_realtime(context: dg.SensorEvaluationContext, n2w_db: N2WDatabase) -> dg.SensorResult:
+        with psycopg.connect(n2w_db.resolve_url(settings), autocommit=True) as conn:
+            problem = arrival_index_problem(conn, settings)
+            if problem:
+                context.log.warning(problem)
+                return dg.SensorResult(skip_reason=problem, cursor=context.cursor)
+            plan = tick(conn, settings, context.cursor, dt.datetime.now(dt.UTC))
+        cursor = plan.cursor.to_json(arr)
+        for warning in plan.warnings:
+            context.log.warning(warning)
+        if plan.unknown_ships or plan.before_start:
+            context.log.warning(plan.summary())
+        ships = list(settings.ships)
+        queued = _queued(context.instance, ships) if plan.runs else set()
+        runs = [r for r in plan.runs
+                if (partition_key(r.ship, r.hour).keys_by_dimension["hour"], r.ship) not in queued]
+        coalesced = len(plan.runs) - len(runs)
+        note = f"; {coalesced} partition(s) already in a queued run" if coalesced else ""
+        if not runs:
+            return dg.SensorResult(skip_reason=plan.summary() + note, cursor=cursor)
+        groups = group_runs(runs, ships)
+        context.log.info(f"{plan.summary()}{note}; {len(groups)} run(s): {describe_runs(runs)}")
+        return dg.SensorResult(run_requests=[run_request(g, wide) for g in groups], cursor=cursor)
+
+    return narrow_realtime
