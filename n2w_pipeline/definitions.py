@@ -6,15 +6,23 @@ import dagster as dg
 
 from n2w_pipeline.channels import load_catalog
 from n2w_pipeline.config import Settings
+from n2w_pipeline.defs.checks import build_check_job, build_window_checks
+from n2w_pipeline.defs.corrections import build_correction_asset, build_correction_sensor
+from n2w_pipeline.defs.realtime import build_realtime_sensor
 from n2w_pipeline.defs.resources import database_resource
-from n2w_pipeline.defs.wide_assets import build_wide_assets
+from n2w_pipeline.defs.wide_assets import build_wide_assets, narrow_source_spec
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     catalog = load_catalog(settings.channel_lists_dir)
     wide = build_wide_assets(settings, catalog)
+    window_checks = build_window_checks(settings, catalog)
+    corrections = build_correction_asset(settings, catalog)
     return dg.Definitions(
-        assets=[wide],
+        assets=[narrow_source_spec(settings), wide, corrections],
+        asset_checks=[window_checks],
+        jobs=[build_check_job(window_checks)],
+        sensors=[build_realtime_sensor(settings, wide), build_correction_sensor(settings, corrections)],
         resources={"n2w_db": database_resource()},
     )
 

@@ -33,8 +33,10 @@ from n2w_pipeline.config import Settings
 from n2w_pipeline.pivot import WideBlock, encode_copy_binary
 
 COLUMN_MAP = "n2w_column_map"
-CORRECTIONS = "n2w_corrections"
+CORRECTION_FILES = "n2w_correction_files"
+CORRECTIONS_SUFFIX = "_corr"
 VALUE_ISSUES = "n2w_value_issues"
+MAX_IDENTIFIER_BYTES = 63
 
 
 def _ident(schema: str, name: str) -> sql.Identifier:
@@ -42,7 +44,10 @@ def _ident(schema: str, name: str) -> sql.Identifier:
 
 
 def ensure_support_tables(conn: psycopg.Connection, settings: Settings) -> None:
-    """n2w's own tables: column map, corrections overlay, per-hour value issues."""
+    """n2w's own tables: column map, applied correction files, per-hour value issues.
+
+    (The correction values themselves live in one shadow table per wide table, see
+    ``corrections_table_name``; they are created when a file first needs them.)"""
     s = settings.target_schema
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (_key("n2w:support"),))
@@ -57,11 +62,10 @@ def ensure_support_tables(conn: psycopg.Connection, settings: Settings) -> None:
         conn.execute(
             sql.SQL(
                 """CREATE TABLE IF NOT EXISTS {} (
-    ship_id text NOT NULL, channel_id text NOT NULL, created_time timestamp NOT NULL,
-    value double precision NOT NULL, source_file text NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (ship_id, created_time, channel_id))"""
-            ).format(_ident(s, CORRECTIONS))
+    file text NOT NULL, sha256 text NOT NULL, ship_id text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now(), rows bigint NOT NULL, cells bigint NOT NULL,
+    PRIMARY KEY (file, sha256))"""
+            ).format(_ident(s, CORRECTION_FILES))
         )
         conn.execute(
             sql.SQL(
@@ -76,6 +80,20 @@ def ensure_support_tables(conn: psycopg.Connection, settings: Settings) -> None:
 def _key(text: str) -> int:
     """A stable signed 32-bit advisory-lock key for ``text``."""
     return zlib.crc32(text.encode("utf-8")) - 2**31
+
+
+def corrections_table_name(settings: Settings, ship: str, group: int) -> str:
+    """The shadow table holding CSV corrections of one wide table: the same key and column
+    names (only the columns corrections have used), NULL = no correction for that cell.
+    Raises ``ValueError`` if the name would exceed PostgreSQL's 63-byte identifier limit
+    (it would be cut silently)."""
+    name = settings.table_name(ship, group) + CORRECTIONS_SUFFIX
+    if len(name.encode("utf-8")) > MAX_IDENTIFIER_BYTES:
+        raise ValueError(
+            f"corrections table name {name!r} is {len(name.encode('utf-8'))} bytes, over "
+            f"PostgreSQL's {MAX_IDENTIFIER_BYTES}: shorten N2W_TABLE_PATTERN"
+        )
+    return name
 
 
 def existing_columns(conn: psycopg.Connection, schema: str, table: str) -> list[str] | None:
@@ -93,6 +111,39 @@ def existing_columns(conn: psycopg.Connection, schema: str, table: str) -> list[
 
 
 @dataclass(frozen=True)
+class CorrectionColumns:
+    """The corrections shadow table of a (ship, group) as it exists: its identifier and the
+    group's channels that have a column in it (``columns[i]`` holds ``channels[i]``)."""
+
+    table: sql.Identifier
+    columns: tuple[str, ...]
+    channels: tuple[str, ...]
+
+    def array(self, alias: str) -> sql.Composed:
+        """``ARRAY[alias.col, …]::float8[]``, aligned with ``channels``."""
+        return sql.SQL("ARRAY[{}]::float8[]").format(
+            sql.SQL(", ").join(sql.Identifier(alias, c) for c in self.columns)
+        )
+
+
+def correction_columns(
+    conn: psycopg.Connection, settings: Settings, group: ChannelGroup, ship: str
+) -> CorrectionColumns | None:
+    """The shadow table of (ship, group), or None if it does not exist (no corrections)."""
+    name = corrections_table_name(settings, ship, group.number)
+    have = existing_columns(conn, settings.target_schema, name)
+    if have is None:
+        return None
+    present = set(have)
+    pairs = [(c, ch) for c, ch in zip(group.columns, group.channels, strict=True) if c in present]
+    if not pairs:
+        return None
+    return CorrectionColumns(
+        _ident(settings.target_schema, name), tuple(c for c, _ in pairs), tuple(ch for _, ch in pairs)
+    )
+
+
+@dataclass(frozen=True)
 class TableChange:
     table: str
     created: bool
@@ -100,10 +151,14 @@ class TableChange:
 
 
 def ensure_wide_table(
-    conn: psycopg.Connection, settings: Settings, group: ChannelGroup, ship: str
+    conn: psycopg.Connection, settings: Settings, group: ChannelGroup, ship: str,
+    table: str | None = None,
 ) -> TableChange:
-    """Create the wide table, or add the group's new channels as columns (rows untouched)."""
-    schema, table = settings.target_schema, settings.table_name(ship, group.number)
+    """Create the wide table, or add the group's new channels as columns (rows untouched).
+
+    ``table`` overrides the name (the corrections shadow table has the same shape)."""
+    schema = settings.target_schema
+    table = table or settings.table_name(ship, group.number)
     target = _ident(schema, table)
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s, 1)", (_key(f"n2w:ddl:{schema}.{table}"),))
