@@ -59,9 +59,10 @@ HOUR = dt.timedelta(hours=1)
 YEAR_HOURS = 8784
 
 
-def bench_settings(base: Settings, target: str = TARGET) -> Settings:
-    """The scratch schemas, one ship; asset checks are not run inside the timed runs."""
-    extra = {"checks_in_runs": False} if hasattr(base, "checks_in_runs") else {}
+def bench_settings(base: Settings, target: str = TARGET, checks: bool = False) -> Settings:
+    """The scratch schemas, one ship; asset checks run inside the timed runs only with
+    ``checks`` (their cost is measured as a run of its own)."""
+    extra = {"checks_in_runs": checks} if hasattr(base, "checks_in_runs") else {}
     return replace(base, source_schema=SOURCE, target_schema=target, ships=(SHIP,),
                    partition_start="2025-01-01-00:00", **extra)
 
@@ -260,10 +261,11 @@ def executemany_rows(conn: psycopg.Connection, settings: Settings, catalog: Chan
     return {"seconds": time.perf_counter() - t0}
 
 
-def n2w_run(start: dt.datetime, end: dt.datetime, parallel: int = 1) -> dict:
+def n2w_run(start: dt.datetime, end: dt.datetime, parallel: int = 1, checks: bool = False) -> dict:
     """n2w through Dagster in a fresh process: wall time of the runs and its peak RSS."""
     out = subprocess.run(
-        [sys.executable, __file__, "--child", start.isoformat(), end.isoformat(), str(parallel)],
+        [sys.executable, __file__, "--child", start.isoformat(), end.isoformat(), str(parallel),
+         "1" if checks else "0"],
         capture_output=True, text=True, check=False,
     )
     if out.returncode != 0:
@@ -271,10 +273,10 @@ def n2w_run(start: dt.datetime, end: dt.datetime, parallel: int = 1) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def child(start: str, end: str, parallel: str) -> None:
+def child(start: str, end: str, parallel: str, checks: str = "0") -> None:
     from n2w_pipeline.commands._common import run_backfill
 
-    settings = bench_settings(Settings.from_env())
+    settings = bench_settings(Settings.from_env(), checks=checks == "1")
     t0 = time.perf_counter()
     summaries = run_backfill(settings, [SHIP], dt.datetime.fromisoformat(start),
                              dt.datetime.fromisoformat(end), quiet=True, parallel=int(parallel))
@@ -351,7 +353,9 @@ def main() -> int:
     p.add_argument("--month", action="store_true",
                    help="also generate and run a ship-month (30 days; ~10 min of generation)")
     p.add_argument("--parallel", type=int, default=1, help="n2w backfill --parallel for the runs")
-    p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--no-checks-run", action="store_true",
+                   help="skip the extra ship-week run with the in-run asset checks on")
+    p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         child(*args.child)
@@ -398,13 +402,16 @@ def main() -> int:
         r = executemany_rows(conn, base_s, catalog, START, START + HOUR)
         line("row-by-row executemany upsert, one ship-hour", hour_rows, r["seconds"])
 
-        runs = [("n2w through Dagster, one ship-" + ("6 h" if args.quick else "day"), small_end)]
-        runs.append(("n2w through Dagster, one ship-" + ("day" if args.quick else "week"), week_end))
+        big = "day" if args.quick else "week"
+        runs = [("n2w through Dagster, one ship-" + ("6 h" if args.quick else "day"), small_end, False)]
+        runs.append((f"n2w through Dagster, one ship-{big}", week_end, False))
+        if not args.no_checks_run:
+            runs.append((f"n2w + in-run asset checks, one ship-{big}", week_end, True))
         if args.month:
-            runs.append(("n2w through Dagster, one ship-month", end))
-        for name, stop in runs:
+            runs.append(("n2w through Dagster, one ship-month", end, False))
+        for name, stop, checks in runs:
             fresh_tables(conn, settings, catalog)
-            r = n2w_run(START, stop, args.parallel)
+            r = n2w_run(START, stop, args.parallel, checks)
             line(name, r["rows"], r["seconds"], r["peak_rss"],
                  f"{r['runs']} run(s), slices of {settings.slice_hours} h")
     creation = run_creation(settings, catalog)
@@ -427,7 +434,14 @@ def main() -> int:
           f"created and started in {creation['create_and_start_s']:.1f} s, finished "
           f"({len(catalog.groups)} x {creation['partitions']:,} materialisations) in "
           f"{creation['finish_s']:.1f} s, {creation['total_s']:.1f} s in all")
-    n2w = [m for m in rows_out if m["method"].startswith("n2w") and m["peak_rss"]]
+    with_checks = [m for m in rows_out if "asset checks" in m["method"]]
+    plain = [m for m in rows_out if m["method"] == f"n2w through Dagster, one ship-{big}"]
+    if with_checks and plain:
+        extra = with_checks[0]["seconds"] / plain[0]["seconds"] - 1
+        results["checks_overhead"] = extra
+        print(f"in-run asset checks add {100 * extra:+.1f} % to the ship-{big} backfill "
+              f"({plain[0]['seconds']:.1f} s -> {with_checks[0]['seconds']:.1f} s)")
+    n2w = [m for m in rows_out if m["method"].startswith("n2w through") and m["peak_rss"]]
     if len(n2w) >= 2:
         lo, hi = n2w[0]["peak_rss"], n2w[-1]["peak_rss"]
         print(f"peak RSS {n2w[-1]['method'].split(', ')[-1]} / {n2w[0]['method'].split(', ')[-1]}: "
