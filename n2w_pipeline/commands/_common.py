@@ -245,7 +245,7 @@ def run_backfill(
 
     from n2w_pipeline.channels import load_catalog
     from n2w_pipeline.defs.wide_assets import wide_asset_key
-    from n2w_pipeline.instance import apply_dagster_env
+    from n2w_pipeline.instance import apply_dagster_env, sync_pool_limit
 
     env = apply_dagster_env(settings)
     url = env["N2W_DATABASE_URL"]
@@ -254,7 +254,7 @@ def run_backfill(
         done = None
         if resume:
             done = materialized_hours(instance, [wide_asset_key(g) for g in catalog.groups], ships)
-        limit = instance.global_op_concurrency_default_limit
+        limit = sync_pool_limit(instance)
     runs = plan_runs(ships, start, end, settings.run_hours, done)
     if limit:
         parallel = min(parallel, limit)
