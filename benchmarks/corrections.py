@@ -39,8 +39,8 @@ from n2w_pipeline.channels import TIME_COLUMN, load_catalog  # noqa: E402
 from n2w_pipeline.config import Settings  # noqa: E402
 from n2w_pipeline.corrections import apply_file, parse_csv  # noqa: E402
 from n2w_pipeline.database import database_url, redact  # noqa: E402
-from n2w_pipeline.pivot import WideBlock, encode_copy_binary  # noqa: E402
-from n2w_pipeline.write import ensure_support_tables, ensure_wide_table  # noqa: E402
+from n2w_pipeline.pivot import WideBlock  # noqa: E402
+from n2w_pipeline.write import copy_block, ensure_support_tables, ensure_wide_table  # noqa: E402
 
 HULL, SHIP = "H2546", "IMO9976903"
 START = dt.datetime(2025, 1, 1)
@@ -87,10 +87,7 @@ def prefill(conn: psycopg.Connection, settings: Settings, catalog, rows: int, pc
             b = min(a + 20_000, n)
             vals = np.round(rng.normal(50, 10, (b - a, len(g.columns))), 3)
             block = WideBlock(times[a:b], vals, np.ones(vals.shape, bool))
-            with conn.cursor() as cur, cur.copy(
-                sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(table, cols)
-            ) as copy:
-                copy.write(encode_copy_binary(block))
+            copy_block(conn, table, cols, block)
             cells += block.cells
         conn.execute(sql.SQL("VACUUM ANALYZE {}").format(table))
     return cells

@@ -326,7 +326,8 @@ def gather_facts(
             if have is None:
                 gf.missing_tables.append(table)
             else:
-                missing = [c for c in g.columns if c not in set(have)]
+                present = set(have)
+                missing = [c for c in g.columns if c not in present]
                 if missing:
                     raise RuntimeError(
                         f"{table} lacks {len(missing)} column(s) of {g.path.name}, e.g. "

@@ -35,14 +35,6 @@ from n2w_pipeline.config import Settings
 # value kind codes returned by the extraction query
 KIND_UNKNOWN, KIND_DECIMAL, KIND_INTEGER, KIND_BOOLEAN, KIND_STRING = 0, 1, 2, 3, 4
 
-EXTRACT_SCHEMA = {
-    "created_time": pl.Datetime("us"),
-    "channel": pl.String,
-    "num": pl.Float64,
-    "text": pl.String,
-    "kind": pl.Int16,
-}
-
 CODED_SCHEMA = {
     "created_time": pl.Datetime("us"),
     "code": pl.Int32,
@@ -53,8 +45,6 @@ CODED_SCHEMA = {
 }
 
 CODE_TABLE = "n2w_channel_codes"
-SERVER_CODES = True
-"""Map channel → code in the server (a hash join) rather than in Polars after the fetch."""
 _WINDOW_SQL = (
     "SELECT set_config('n2w.ship', $1, true), set_config('n2w.start', $2, true), "
     "set_config('n2w.end', $3, true)"
@@ -103,11 +93,6 @@ WHERE n.{ship} = {p_ship} AND n.{ct} >= {p_start} AND n.{ct} < {p_end}"""
     ).as_string(None)
 
 
-def extract_query(settings: Settings) -> str:
-    """The narrow slice query with bound parameters ``$1`` ship, ``$2``/``$3`` window."""
-    return _query(settings, False, ("$1", "$2", "$3"))
-
-
 def copy_extract_query(settings: Settings, coded: bool = False) -> str:
     """The slice query without parameters (ADBC's COPY path): the window comes from
     ``current_setting('n2w.ship' | 'n2w.start' | 'n2w.end')``, set by a bound statement."""
@@ -117,34 +102,24 @@ def copy_extract_query(settings: Settings, coded: bool = False) -> str:
 class NarrowReader:
     """An ADBC connection that reads narrow slices; use as a context manager.
 
-    ``channels`` (every listed channel id, in code order) enables ``read_coded``.
+    ``channels`` (every listed channel id, in code order) is loaded once into a temporary
+    channel → code table on the connection; ``read`` returns rows with those codes.
     """
 
-    def __init__(self, url: str, settings: Settings, channels: Sequence[str] | None = None) -> None:
+    def __init__(self, url: str, settings: Settings, channels: Sequence[str]) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             import adbc_driver_postgresql.dbapi as adbc
 
         self._conn = adbc.connect(url)
-        self._query = copy_extract_query(settings, coded=False)
-        self._coded_query = copy_extract_query(settings, coded=True)
-        self._channels: tuple[str, ...] | None = None
-        if channels is not None:
-            self.load_codes(channels)
+        self._query = copy_extract_query(settings, coded=True)
+        self._load_codes(channels)
 
-    def load_codes(self, channels: Sequence[str]) -> None:
-        """(Re)load the temporary channel → code table (code = position in ``channels``)."""
+    def _load_codes(self, channels: Sequence[str]) -> None:
         import pyarrow as pa
 
-        channels = tuple(channels)
-        if channels == self._channels:
-            return
-        self._code_frame = pl.DataFrame(
-            {"channel": channels, "code": range(len(channels))},
-            schema={"channel": pl.String, "code": pl.Int32},
-        )
         table = pa.table({
-            "channel": pa.array(channels, pa.string()),
+            "channel": pa.array(list(channels), pa.string()),
             "code": pa.array(range(len(channels)), pa.int32()),
         })
         cur = self._conn.cursor()
@@ -154,44 +129,20 @@ class NarrowReader:
         finally:
             cur.close()
         self._conn.commit()
-        self._channels = channels
 
-    def _fetch(self, query: str, ship: str, start: dt.datetime, end: dt.datetime) -> pl.DataFrame:
+    def read(self, ship: str, start: dt.datetime, end: dt.datetime) -> pl.DataFrame:
+        """All narrow rows of ``ship`` with ``start <= created_time < end`` (CODED_SCHEMA)."""
         cur = self._conn.cursor()
         try:
             cur.execute(_WINDOW_SQL, (ship, start.isoformat(), end.isoformat()))
             cur.fetchall()
-            cur.execute(query)
+            cur.execute(self._query)
             table = cur.fetch_arrow_table()
         finally:
             cur.close()
         self._conn.commit()  # end the read transaction: the next slice gets a new snapshot
         frame = pl.from_arrow(table)
         assert isinstance(frame, pl.DataFrame)
-        return frame
-
-    def read(self, ship: str, start: dt.datetime, end: dt.datetime) -> pl.DataFrame:
-        """All narrow rows of ``ship`` with ``start <= created_time < end`` (EXTRACT_SCHEMA)."""
-        frame = self._fetch(self._query, ship, start, end)
-        if frame.height == 0:
-            return pl.DataFrame(schema=EXTRACT_SCHEMA)
-        return frame.cast(EXTRACT_SCHEMA)  # type: ignore[arg-type]
-
-    def read_coded(self, ship: str, start: dt.datetime, end: dt.datetime) -> pl.DataFrame:
-        """Like ``read`` but channels as codes (CODED_SCHEMA); needs ``load_codes`` first."""
-        if self._channels is None:
-            raise RuntimeError("NarrowReader.read_coded: call load_codes(channels) first")
-        if not SERVER_CODES:
-            frame = self._fetch(self._query, ship, start, end)
-            if frame.height == 0:
-                return pl.DataFrame(schema=CODED_SCHEMA)
-            frame = frame.join(self._code_frame, on="channel", how="left").select(
-                "created_time", "code",
-                pl.when(pl.col("code").is_null()).then(pl.col("channel")).alias("channel"),
-                "num", "text", "kind",
-            )
-            return frame.cast(CODED_SCHEMA)  # type: ignore[arg-type]
-        frame = self._fetch(self._coded_query, ship, start, end)
         if frame.height == 0:
             return pl.DataFrame(schema=CODED_SCHEMA)
         return frame.cast(CODED_SCHEMA)  # type: ignore[arg-type]

@@ -70,7 +70,7 @@ class GroupStats:
     updated: int = 0
     deleted: int = 0
 
-    def add(self, r: WriteResult) -> None:
+    def add(self, r: WriteResult | GroupStats) -> None:
         self.rows += r.rows
         self.cells += r.cells
         self.inserted += r.inserted
@@ -92,24 +92,12 @@ class WindowStats:
     issues: dict[tuple[str, str], int] = field(default_factory=dict)  # (channel, reason) → n
     unknown: dict[str, int] = field(default_factory=dict)  # channel → n
 
-    @property
-    def rows_per_s(self) -> float:
-        return self.narrow_rows / self.seconds if self.seconds else 0.0
-
-    def issue_totals(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for (_, reason), n in self.issues.items():
-            out[reason] = out.get(reason, 0) + n
-        return out
-
     def merge(self, other: WindowStats) -> None:
         self.narrow_rows += other.narrow_rows
         self.corrections += other.corrections
         self.seconds += other.seconds
         for g, s in other.groups.items():
-            mine = self.groups.setdefault(g, GroupStats())
-            for name in ("rows", "cells", "inserted", "updated", "deleted"):
-                setattr(mine, name, getattr(mine, name) + getattr(s, name))
+            self.groups.setdefault(g, GroupStats()).add(s)
         for k, n in other.issues.items():
             self.issues[k] = self.issues.get(k, 0) + n
         for k, n in other.unknown.items():
@@ -225,30 +213,6 @@ def _slice_body(
     return stats
 
 
-def process_slice(
-    conn: psycopg.Connection,
-    reader: NarrowReader,
-    settings: Settings,
-    catalog: ChannelCatalog,
-    lookup: pl.DataFrame | ChannelCodes | None,
-    groups: Sequence[ChannelGroup],
-    ship: str,
-    start: dt.datetime,
-    end: dt.datetime,
-) -> WindowStats:
-    """One transaction on an autocommit ``conn``: lock the hours, read, pivot and write
-    every selected group. ``lookup`` may be a ``ChannelCodes`` (else built from the catalog)."""
-    t0 = time.perf_counter()
-    codes = lookup if isinstance(lookup, ChannelCodes) else ChannelCodes.from_catalog(catalog)
-    reader.load_codes(codes.channels)
-    with conn.transaction():
-        lock_hours(conn, ship, start, end)
-        narrow = reader.read_coded(ship, start, end)
-        stats = _slice_body(conn, narrow, settings, codes, groups, ship, start, end)
-    stats.seconds = time.perf_counter() - t0
-    return stats
-
-
 def _issue_rows(
     issues: pl.DataFrame, unknown: pl.DataFrame, codes: ChannelCodes, selected: set[int]
 ) -> list[tuple[dt.datetime, str, int, str, int]]:
@@ -325,7 +289,7 @@ def materialize_window(
                 conn, reader = free.pop()
             try:
                 lock_hours(conn, ship, s, e)  # opens the slice's transaction
-                narrow = reader.read_coded(ship, s, e)
+                narrow = reader.read(ship, s, e)
                 stats = _slice_body(conn, narrow, settings, codes, groups, ship, s, e)
                 conn.commit()
             except BaseException:

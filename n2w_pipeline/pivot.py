@@ -1,18 +1,14 @@
 """Narrow rows → one dense wide block per channel group. Pure functions, no I/O.
 
-Steps, all in Polars on integer keys (a pivot on a String column measured 5–11× slower):
+Everything works on integer channel codes (``ChannelCodes``, joined in the server at
+extraction): a pivot on a String column measured 5–11× slower.
 
 1. ``resolve_values``: the value rule. Decimal → double_v, Integer → long_v, Boolean →
    1.0/0.0, String → the number it spells. NULL, unknown ``value_format``, an unparsable
    string and NaN/±Infinity leave the cell NULL and are counted per channel and reason.
-2. ``locate_channels``: channel id → (group, column index) by a join on the catalog;
-   channels in no list are dropped from the frame and counted per channel.
-3. ``pivot_group``: rows are the group's distinct timestamps, ranked in Polars; the
-   (row, column) scatter lands in a NumPy block that shares Polars' buffers.
-
-The backfill path uses integer channel codes from the extraction (``ChannelCodes``):
-``resolve_values(…, key="code")`` and ``pivot_coded``, which ranks the slice's timestamps
-once (sorted unique + ``searchsorted``) and scatters every group from that.
+2. ``pivot_coded``: ranks the slice's timestamps once (sorted unique + ``searchsorted``)
+   and scatters every group into a dense NumPy block from Polars' buffers.
+3. ``encode_copy_binary``: a block as PostgreSQL binary COPY, vectorised.
 """
 
 from __future__ import annotations
@@ -26,7 +22,6 @@ import polars as pl
 from n2w_pipeline.channels import ChannelCatalog, ChannelGroup
 from n2w_pipeline.extract import KIND_STRING, KIND_UNKNOWN
 
-REASONS = ("null_value", "unknown_format", "unparsable", "non_finite")
 _NUMBER_RE = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 _NON_FINITE_RE = r"(?i)^[+-]?(nan|inf|infinity)$"
 
@@ -67,14 +62,6 @@ def resolve_values(narrow: pl.DataFrame, key: str = "channel") -> tuple[pl.DataF
     return values, issues
 
 
-def catalog_frame(catalog: ChannelCatalog) -> pl.DataFrame:
-    """channel → (group, col) lookup frame."""
-    rows = [(ch, g.number, i) for g in catalog.groups for i, ch in enumerate(g.channels)]
-    return pl.DataFrame(
-        rows, schema={"channel": pl.String, "group": pl.Int32, "col": pl.Int32}, orient="row"
-    )
-
-
 @dataclass(frozen=True)
 class ChannelCodes:
     """Every listed channel numbered 0..n-1 (catalog order), with its group and column."""
@@ -105,16 +92,13 @@ def pivot_coded(
 ) -> dict[int, WideBlock]:
     """Scatter rows (created_time, code, value) into one dense block per group.
 
-    Same result as ``pivot_group`` per group: a group's rows are the distinct timestamps
-    that have at least one row of its channels; NULL/NaN values leave the cell empty.
+    A group's rows are the distinct timestamps that have at least one row of its channels
+    (even if all their values are NULL); NULL/NaN values leave the cell empty.
     ``values`` holds at most one row per (created_time, code).
     """
     blocks: dict[int, WideBlock] = {}
     if values.height == 0:
-        for g in groups:
-            n = len(g.columns)
-            blocks[g.number] = WideBlock(np.empty(0, np.int64), np.empty((0, n)), np.empty((0, n), bool))
-        return blocks
+        return {g.number: WideBlock.empty(len(g.columns)) for g in groups}
     t = values.get_column("created_time").cast(pl.Int64).to_numpy()
     uniq = values.get_column("created_time").unique().sort().cast(pl.Int64).to_numpy()
     inv = np.searchsorted(uniq, t)
@@ -128,8 +112,7 @@ def pivot_coded(
         n_cols = len(g.columns)
         idx = np.flatnonzero(g_of == g.number)
         if idx.size == 0:
-            blocks[g.number] = WideBlock(np.empty(0, np.int64), np.empty((0, n_cols)),
-                                         np.empty((0, n_cols), bool))
+            blocks[g.number] = WideBlock.empty(n_cols)
             continue
         ri = inv[idx]
         present = np.zeros(uniq.shape[0], bool)
@@ -147,22 +130,6 @@ def pivot_coded(
     return blocks
 
 
-def locate_channels(values: pl.DataFrame, lookup: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Attach group and column index.
-
-    Returns (known rows, unknown channel counts as hour, channel, count).
-    """
-    joined = values.join(lookup, on="channel", how="left")
-    unknown = (
-        joined.filter(pl.col("group").is_null())
-        .group_by(pl.col("created_time").dt.truncate("1h").alias("hour"), "channel")
-        .agg(pl.len().cast(pl.Int64).alias("count"))
-        .sort("hour", "channel")
-    )
-    known = joined.filter(pl.col("group").is_not_null()).drop("channel")
-    return known, unknown
-
-
 @dataclass(frozen=True)
 class WideBlock:
     """A group's wide rows: times (µs since 1970) × columns, NaN-free, mask = has value."""
@@ -170,6 +137,10 @@ class WideBlock:
     times_us: np.ndarray  # int64, sorted, unique
     values: np.ndarray  # float64 (rows, columns); meaningful where mask
     mask: np.ndarray  # bool (rows, columns)
+
+    @classmethod
+    def empty(cls, n_columns: int) -> WideBlock:
+        return cls(np.empty(0, np.int64), np.empty((0, n_columns)), np.empty((0, n_columns), bool))
 
     @property
     def rows(self) -> int:
@@ -180,35 +151,9 @@ class WideBlock:
         return int(self.mask.sum())
 
 
-def pivot_group(known: pl.DataFrame, group: int, n_columns: int) -> WideBlock:
-    """Scatter one group's rows (created_time, col, value) into a dense block.
-
-    Every distinct timestamp becomes a row, even if all its values were NULL. ``known``
-    holds at most one row per (created_time, col): the caller de-duplicates overlays.
-    """
-    part = known.filter(pl.col("group") == group)
-    times = part.get_column("created_time").unique().sort()
-    if times.len() == 0:
-        return WideBlock(np.empty(0, np.int64), np.empty((0, n_columns)), np.empty((0, n_columns), bool))
-    ranked = part.with_columns(
-        pl.col("created_time").rank(method="dense").cast(pl.Int64).sub(1).alias("row")
-    )
-    r = ranked.get_column("row").to_numpy()
-    c = ranked.get_column("col").to_numpy()
-    v = ranked.get_column("value").to_numpy()
-    has = ~np.isnan(v) if v.dtype.kind == "f" else np.ones(len(v), bool)
-    n_rows = times.len()
-    values = np.zeros((n_rows, n_columns), dtype=np.float64)
-    mask = np.zeros((n_rows, n_columns), dtype=bool)
-    mask[r, c] = has
-    values[r[has], c[has]] = v[has]
-    times_us = times.cast(pl.Int64).to_numpy()
-    return WideBlock(times_us, values, mask)
-
-
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in µs since 1970
-_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
-_COPY_TRAILER = (-1).to_bytes(2, "big", signed=True)
+COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
+COPY_TRAILER = (-1).to_bytes(2, "big", signed=True)
 
 
 def encode_copy_binary(block: WideBlock) -> bytes:
@@ -225,4 +170,24 @@ def encode_copy_binary(block: WideBlock) -> bytes:
     keep[:, :, 4:] = block.mask[:, :, None]
     full = np.concatenate([head, fields], axis=1)
     keep_full = np.concatenate([np.ones((n_rows, 14), bool), keep.reshape(n_rows, -1)], axis=1)
-    return _COPY_HEADER + full[keep_full].tobytes() + _COPY_TRAILER
+    return COPY_HEADER + full[keep_full].tobytes() + COPY_TRAILER
+
+
+def encode_dense_copy(block: WideBlock) -> np.ndarray:
+    """The rows of a binary COPY of (created_time, col_0 … col_n) with every field present.
+
+    Blank cells are sent as NaN, which the statements reading the stage turn back into
+    NULL (``NULLIF(c, 'NaN')``): a parsed file never holds NaN (non-finite cells are
+    skipped). Fixed-width rows make this one vectorised pass, ~30x faster than a NULL-aware
+    encoding. Returns a structured array; send ``memoryview(rows).cast("B")``.
+    """
+    n, k = block.values.shape
+    cell = np.dtype([("len", ">i4"), ("v", ">f8")])
+    row = np.dtype([("fields", ">i2"), ("tlen", ">i4"), ("t", ">i8"), ("c", cell, (k,))])
+    out = np.empty(n, row)
+    out["fields"] = k + 1
+    out["tlen"] = 8
+    out["t"] = block.times_us - _PG_EPOCH_US
+    out["c"]["len"] = 8
+    out["c"]["v"] = np.where(block.mask, block.values, np.nan)
+    return out

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from n2w_pipeline.channels import TIME_COLUMN, ChannelGroup
+from n2w_pipeline.channels import MAX_IDENTIFIER_BYTES, TIME_COLUMN, ChannelGroup
 from n2w_pipeline.config import Settings
 from n2w_pipeline.pivot import WideBlock, encode_copy_binary
 
@@ -36,7 +36,6 @@ COLUMN_MAP = "n2w_column_map"
 CORRECTION_FILES = "n2w_correction_files"
 CORRECTIONS_SUFFIX = "_corr"
 VALUE_ISSUES = "n2w_value_issues"
-MAX_IDENTIFIER_BYTES = 63
 
 
 def _ident(schema: str, name: str) -> sql.Identifier:
@@ -224,6 +223,16 @@ def window_is_empty(
     return bool(row and row[0])
 
 
+def copy_block(
+    conn: psycopg.Connection, into: sql.Composable, col_list: sql.Composable, block: WideBlock
+) -> None:
+    """Binary COPY of ``block``'s rows into ``into`` (created_time first, then the columns)."""
+    with conn.cursor() as cur, cur.copy(
+        sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(into, col_list)
+    ) as copy:
+        copy.write(encode_copy_binary(block))
+
+
 @dataclass(frozen=True)
 class WriteResult:
     rows: int
@@ -249,10 +258,7 @@ def write_block(
     cols = [sql.Identifier(TIME_COLUMN)] + [sql.Identifier(c) for c in group.columns]
     col_list = sql.SQL(", ").join(cols)
     if block.rows and window_is_empty(conn, target, start, end):
-        with conn.cursor() as cur, cur.copy(
-            sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(target, col_list)
-        ) as copy:
-            copy.write(encode_copy_binary(block))
+        copy_block(conn, target, col_list, block)
         return WriteResult(block.rows, block.cells, block.rows, 0, 0)
     conn.execute(
         sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS").format(
@@ -266,10 +272,7 @@ def write_block(
     conn.execute(sql.SQL("TRUNCATE {}").format(stage))
     inserted = updated = 0
     if block.rows:
-        with conn.cursor() as cur, cur.copy(
-            sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(stage, col_list)
-        ) as copy:
-            copy.write(encode_copy_binary(block))
+        copy_block(conn, stage, col_list, block)
         data_cols = cols[1:]
         upsert = sql.SQL(
             """WITH up AS (
