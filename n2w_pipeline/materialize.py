@@ -339,7 +339,9 @@ def _collect(
     real = [e for e in errors if not isinstance(e, _Skipped)]
     if real:
         raise real[0]
-    for f in sorted(finished, key=lambda f: f.result().start):
+    # a skipped slice can finish before the failing one; that error comes with its own future
+    ok = [f for f in finished if f.exception() is None]
+    for f in sorted(ok, key=lambda f: f.result().start):
         total.merge(f.result())
         done += 1
         if progress is not None:
