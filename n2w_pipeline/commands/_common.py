@@ -32,6 +32,29 @@ def hour_floor(value: dt.datetime) -> dt.datetime:
     return value.replace(minute=0, second=0, microsecond=0)
 
 
+def add_window_args(p: argparse.ArgumentParser) -> None:
+    """--ship (repeatable), --start and --end: the ships × hours a command works on."""
+    p.add_argument("--ship", action="append", dest="ships", metavar="SHIP",
+                   help="ship id (repeatable); default: every configured ship")
+    p.add_argument("--start", type=parse_time, required=True, help="first hour, e.g. 2025-03-01")
+    p.add_argument("--end", type=parse_time, required=True,
+                   help="end of the window (exclusive), e.g. 2025-03-02")
+
+
+def resolve_window(
+    args: argparse.Namespace, settings: Settings, command: str
+) -> tuple[list[str], dt.datetime, dt.datetime]:
+    """Validated (ships, start, end) from ``add_window_args``; exits with a message if bad."""
+    ships = args.ships or list(settings.ships)
+    unknown = [s for s in ships if s not in settings.ships]
+    if unknown:
+        raise SystemExit(f"n2w {command}: unknown ship(s) {unknown}; configured: {list(settings.ships)}")
+    start, end = hour_floor(args.start), hour_floor(args.end)
+    if end <= start:
+        raise SystemExit(f"n2w {command}: --end must be at least one hour after --start")
+    return ships, start, end
+
+
 class ProgressBar(logging.Handler):
     """Draws the wide assets' progress records (logger ``n2w.progress``) as a bar."""
 

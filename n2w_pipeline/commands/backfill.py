@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from n2w_pipeline.commands._common import hour_floor, parse_time, run_backfill
+from n2w_pipeline.commands._common import add_window_args, resolve_window, run_backfill
 from n2w_pipeline.config import Settings
 
 
@@ -19,11 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Partitions already materialised are skipped, so an interrupted backfill is resumed "
         "by running the same command again (--all redoes them).",
     )
-    p.add_argument("--ship", action="append", dest="ships", metavar="SHIP",
-                   help="ship id (repeatable); default: every configured ship")
-    p.add_argument("--start", type=parse_time, required=True, help="first hour, e.g. 2025-03-01")
-    p.add_argument("--end", type=parse_time, required=True,
-                   help="end of the window (exclusive), e.g. 2025-03-02")
+    add_window_args(p)
     p.add_argument("--parallel", type=int, default=1, metavar="N",
                    help="runs in N worker processes at once (default 1; capped by the pool "
                    "limit of `n2w_database` in dagster.yaml). Two on a 2-core machine.")
@@ -36,13 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    ships = args.ships or list(settings.ships)
-    unknown = [s for s in ships if s not in settings.ships]
-    if unknown:
-        raise SystemExit(f"n2w backfill: unknown ship(s) {unknown}; configured: {list(settings.ships)}")
-    start, end = hour_floor(args.start), hour_floor(args.end)
-    if end <= start:
-        raise SystemExit("n2w backfill: --end must be at least one hour after --start")
+    ships, start, end = resolve_window(args, settings, "backfill")
     if args.parallel < 1:
         raise SystemExit("n2w backfill: --parallel must be >= 1")
     t0 = time.perf_counter()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from n2w_pipeline.commands._common import hour_floor, parse_time
+from n2w_pipeline.commands._common import add_window_args, resolve_window
 from n2w_pipeline.config import Settings
 
 
@@ -20,11 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "checks any window on demand, without Dagster. Exit status 1 when an ERROR check fails "
         "(reconciliation), 0 otherwise (warnings are printed).",
     )
-    p.add_argument("--ship", action="append", dest="ships", metavar="SHIP",
-                   help="ship id (repeatable); default: every configured ship")
-    p.add_argument("--start", type=parse_time, required=True, help="first hour, e.g. 2025-03-01")
-    p.add_argument("--end", type=parse_time, required=True,
-                   help="end of the window (exclusive), e.g. 2025-03-02")
+    add_window_args(p)
     p.add_argument("--group", type=int, action="append", dest="groups", metavar="N",
                    help="channel group number (repeatable); default: every group")
     p.add_argument("--json", action="store_true", help="print every figure as JSON instead")
@@ -37,13 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from n2w_pipeline.database import database_url
 
     settings = Settings.from_env()
-    ships = args.ships or list(settings.ships)
-    unknown = [s for s in ships if s not in settings.ships]
-    if unknown:
-        raise SystemExit(f"n2w check: unknown ship(s) {unknown}; configured: {list(settings.ships)}")
-    start, end = hour_floor(args.start), hour_floor(args.end)
-    if end <= start:
-        raise SystemExit("n2w check: --end must be at least one hour after --start")
+    ships, start, end = resolve_window(args, settings, "check")
     catalog = load_catalog(settings.channel_lists_dir)
     groups = [catalog.group(n) for n in args.groups] if args.groups else list(catalog.groups)
     url = database_url(settings)
