@@ -121,7 +121,7 @@ def test_hand_written_rows_give_exact_cells_and_counts(small, conn):
     ])
 
     # the long id: a short, deterministic column, the full id in a comment and the map
-    col = g1.long_ids and next(iter(g1.long_ids))
+    (col,) = g1.long_ids
     table = settings.table_name(SHIP, 1)
     assert len(col.encode()) <= 63
     comment = conn.execute(
@@ -154,7 +154,9 @@ def test_generated_hours_equal_independent_sql_pivot(settings, catalog, conn):
             assert cells == ref_cells, (ship, g.number)
             assert ref_cells, "the generator must have produced values"
             checked += len(cells)
-    assert checked > 1_000_000 * 0  # at least some
+    # 4 ship-hours x 240 timestamps x every listed channel, minus ~5 % missing samples
+    possible = 4 * 240 * len(catalog.all_channels)
+    assert 0.9 * possible < checked < possible
     # generated data has every kind of trouble the value rule handles
     md = result.asset_materializations_for_node("narrow_to_wide")[0].metadata
     assert md["null_values_total"].value > 0
@@ -227,7 +229,7 @@ def test_channel_appended_to_a_list_becomes_a_column(settings, catalog, conn):
     path = settings.channel_lists_dir / "3_navigation_ship.txt"
     path.write_text(path.read_text() + f"{new}\n")
     cat2 = load_catalog(settings.channel_lists_dir)
-    assert run_wide(cat2 and settings, cat2, partition_key=hour_key(ship, H0 + dt.timedelta(hours=1))).success
+    assert run_wide(settings, cat2, partition_key=hour_key(ship, H0 + dt.timedelta(hours=1))).success
 
     g3b = cat2.group(3)
     assert g3b.channels[-1] == new
