@@ -41,10 +41,11 @@ from psycopg import sql
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from n2w_pipeline import value_rule  # noqa: E402
 from n2w_pipeline.channels import ChannelCatalog, load_catalog  # noqa: E402
 from n2w_pipeline.config import Settings  # noqa: E402
 from n2w_pipeline.database import dagster_storage_url, database_url  # noqa: E402
-from n2w_pipeline.extract import copy_extract_query  # noqa: E402
+from n2w_pipeline.extract import CODE_TABLE, copy_extract_query  # noqa: E402
 from n2w_pipeline.generate import generate  # noqa: E402
 from n2w_pipeline.write import ensure_wide_table  # noqa: E402
 
@@ -125,9 +126,20 @@ def is_superuser(conn: psycopg.Connection) -> bool:
 
 # ---------------------------------------------------------------- methods
 
-def ceiling(conn: psycopg.Connection, settings: Settings, start: dt.datetime, end: dt.datetime) -> dict:
+def ceiling(conn: psycopg.Connection, settings: Settings, catalog: ChannelCatalog,
+            start: dt.datetime, end: dt.datetime) -> dict:
     """Server producing the extraction's binary COPY, one day per statement, no client."""
-    query = copy_extract_query(settings, coded=False)
+    with conn.transaction():
+        query = copy_extract_query(settings, value_rule.install(conn.execute, conn.info.server_version))
+        conn.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (channel text, code int4)").format(
+            sql.Identifier(CODE_TABLE)))
+        conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(CODE_TABLE)))
+        channels = [ch for g in catalog.groups for ch in g.channels]
+        with conn.cursor() as cur, cur.copy(
+                sql.SQL("COPY {} (channel, code) FROM STDIN").format(sql.Identifier(CODE_TABLE))) as cp:
+            for code, ch in enumerate(channels):
+                cp.write_row((ch, code))
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(CODE_TABLE)))
     to_null = is_superuser(conn)
     t0 = time.perf_counter()
     day = start
@@ -388,7 +400,7 @@ def main() -> int:
         print(f"data: {week_rows:,} narrow rows in {SOURCE} for {SHIP} "
               f"{START:%Y-%m-%d} .. {week_end:%Y-%m-%d}")
 
-        r = ceiling(conn, settings, START, week_end)
+        r = ceiling(conn, settings, catalog, START, week_end)
         line(f"extraction ceiling ({r['how']})", week_rows, r["seconds"])
         cross = replace(settings, target_schema=CROSSTAB)
         fresh_tables(conn, cross, catalog)

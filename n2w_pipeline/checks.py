@@ -31,6 +31,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from n2w_pipeline import value_rule
 from n2w_pipeline.channels import TIME_COLUMN, ChannelCatalog, ChannelGroup
 from n2w_pipeline.config import Settings
 from n2w_pipeline.write import VALUE_ISSUES, CorrectionColumns, correction_columns, existing_columns
@@ -168,29 +169,12 @@ def _hour(t: dt.datetime) -> dt.datetime:
     return t.replace(minute=0, second=0, microsecond=0)
 
 
-def _value_rule_sql(settings: Settings, alias: str) -> sql.Composable:
-    """The pipeline's value rule in SQL: the cell a narrow row gives, NULL when it gives none.
-
-    Used only on the few narrow rows under corrections and in ``find_differences``.
-    """
-    c = settings.columns
-
-    def col(name: str) -> sql.Composable:
-        return sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(name))
-
-    text = sql.SQL("btrim({}, E' \\t\\n\\r\\f\\v')").format(col(c.str_v))
-    return sql.SQL(
-        """(SELECT CASE WHEN x IN ('NaN'::float8, 'Infinity'::float8, '-Infinity'::float8)
-              THEN NULL ELSE x END FROM (SELECT CASE {vf}
-  WHEN 'Decimal' THEN {dv}
-  WHEN 'Integer' THEN {lv}::float8
-  WHEN 'Boolean' THEN {bv}::int::float8
-  WHEN 'String' THEN CASE WHEN {text} ~ '^[+-]?([0-9]+\\.?[0-9]*|\\.[0-9]+)([eE][+-]?[0-9]+)?$'
-                           AND pg_input_is_valid({text}, 'float8') THEN {text}::float8 END
-  END AS x) v)"""
-    ).format(
-        vf=col(c.value_format), dv=col(c.double_v), lv=col(c.long_v), bv=col(c.bool_v), text=text
-    )
+def _value_rule_sql(conn: psycopg.Connection, settings: Settings, alias: str) -> sql.Composable:
+    """The pipeline's value rule in SQL (``value_rule``): the cell a narrow row gives, NULL
+    when it gives none. Used only on the few narrow rows under corrections and in
+    ``find_differences``."""
+    native = value_rule.install(conn.execute, conn.info.server_version)
+    return value_rule.ValueRule(settings.columns, alias, native).cell_value()
 
 
 def _wide_pass(
@@ -265,7 +249,7 @@ SELECT k.t, k.v = 'NaN'::float8, n.{ct} IS NOT NULL, n.{ct} IS NOT NULL AND {rul
 FROM k LEFT JOIN {src} n ON n.{ship} = %s AND n.{ch} = k.ch AND n.{ct} = k.t"""
         ).format(
             time=sql.Identifier(TIME_COLUMN), shadow=corr.table, arr=corr.array("w"),
-            ct=sql.Identifier(c.created_time), rule=_value_rule_sql(settings, "n"),
+            ct=sql.Identifier(c.created_time), rule=_value_rule_sql(conn, settings, "n"),
             src=sql.Identifier(*settings.source_qualified),
             ship=sql.Identifier(c.ship_id), ch=sql.Identifier(c.channel),
         ),
@@ -427,7 +411,7 @@ SELECT t, ch, kind, expected, actual FROM diff ORDER BY t, ch NULLS FIRST LIMIT 
     ).format(
         ct=sql.Identifier(c.created_time), ch=sql.Identifier(c.channel),
         ship=sql.Identifier(c.ship_id), src=sql.Identifier(*settings.source_qualified),
-        rule=_value_rule_sql(settings, "s"), corr=_correction_cells_sql(corr),
+        rule=_value_rule_sql(conn, settings, "s"), corr=_correction_cells_sql(corr),
         time=sql.Identifier(TIME_COLUMN), table=table,
         cols=sql.SQL(", ").join(sql.SQL("w.{}").format(sql.Identifier(col)) for col in group.columns),
     )

@@ -2,9 +2,10 @@
 
 Extraction is the pipeline's bottleneck, so rows never pass through Python tuples:
 ADBC's PostgreSQL driver streams ``COPY … TO STDOUT (FORMAT binary)`` straight into
-Arrow. The SQL does the cheap part of the value rule (pick the column by
-``value_format``); strings are parsed in Polars (``pivot.resolve_values``), where a
-bad string becomes a counted NULL instead of a failed query.
+Arrow. The server evaluates the whole value rule (``value_rule``), so a row arrives as
+three fixed-width columns (time, code, value) plus a channel id that only rows of
+channels in no list carry: measured on a 6-hour slice, ~40 % less client CPU than
+sending the value columns and strings to parse in the client, for the same server time.
 
 Binding and COPY. ADBC only takes its COPY path for a query *without* parameters; a
 query with bound parameters goes through a prepared statement whose whole result is
@@ -15,10 +16,10 @@ the rule that values are always bound. So the window is bound as parameters of a
 it back with ``current_setting(…)`` (stable expressions, so the created_time index is
 still used). Same speed as literals, values still bound.
 
-Channel codes. With a catalog, the reader keeps a temporary table channel → code on its
-connection (loaded by ADBC bulk ingest, i.e. COPY) and the server joins it: rows carry
-an ``int4`` code instead of a ~45-byte id (half the bytes to transfer and parse, no
-string join in the client); only rows of channels in no list carry their id.
+Channel codes. The reader keeps a temporary table channel → code on its connection
+(loaded by ADBC bulk ingest, i.e. COPY) and the server joins it. A row's ``code`` column
+packs the channel's code and the rule's status: ``code * 4 + status`` (NULL for a
+channel in no list, whose id comes in ``channel``).
 """
 
 from __future__ import annotations
@@ -30,21 +31,19 @@ from collections.abc import Sequence
 import polars as pl
 from psycopg import sql
 
+from n2w_pipeline import value_rule
 from n2w_pipeline.config import Settings
-
-# value kind codes returned by the extraction query
-KIND_UNKNOWN, KIND_DECIMAL, KIND_INTEGER, KIND_BOOLEAN, KIND_STRING = 0, 1, 2, 3, 4
 
 CODED_SCHEMA = {
     "created_time": pl.Datetime("us"),
-    "code": pl.Int32,
+    "code": pl.Int32,  # channel code, NULL for a channel in no list
+    "status": pl.Int8,  # value_rule status
     "channel": pl.String,  # only for rows whose channel is in no list (code is NULL)
-    "num": pl.Float64,
-    "text": pl.String,
-    "kind": pl.Int16,
+    "num": pl.Float64,  # value_rule.raw_value
 }
 
 CODE_TABLE = "n2w_channel_codes"
+STATUS_BITS = 2
 _WINDOW_SQL = (
     "SELECT set_config('n2w.ship', $1, true), set_config('n2w.start', $2, true), "
     "set_config('n2w.end', $3, true)"
@@ -54,49 +53,47 @@ _START = "(SELECT current_setting('n2w.start')::timestamp)"
 _END = "(SELECT current_setting('n2w.end')::timestamp)"
 
 
-def _query(settings: Settings, coded: bool, where: tuple[str, str, str]) -> str:
+def copy_extract_query(settings: Settings, native: bool = True) -> str:
+    """The slice query without parameters (ADBC's COPY path): the window comes from
+    ``current_setting('n2w.ship' | 'n2w.start' | 'n2w.end')``, set by a bound statement.
+    Needs the temporary code table (``NarrowReader``); ``native``: see ``value_rule``."""
     c = settings.columns
-    channel = (
-        sql.SQL("m.code, CASE WHEN m.code IS NULL THEN n.{ch} END AS channel")
-        if coded else sql.SQL("n.{ch} AS channel")
-    )
-    join = (
-        sql.SQL("LEFT JOIN pg_temp.{codes} m ON m.channel = n.{ch}") if coded else sql.SQL("")
-    )
+    rule = value_rule.ValueRule(c, "n", native)
     q = sql.SQL(
-        """SELECT n.{ct} AS created_time, {channel},
-  CASE n.{vf} WHEN 'Decimal' THEN n.{dv} WHEN 'Integer' THEN n.{lv}::float8
-              WHEN 'Boolean' THEN n.{bv}::int::float8 END AS num,
-  CASE WHEN n.{vf} = 'String' THEN n.{sv} END AS text,
-  (CASE n.{vf} WHEN 'Decimal' THEN 1 WHEN 'Integer' THEN 2 WHEN 'Boolean' THEN 3
-               WHEN 'String' THEN 4 ELSE 0 END)::int2 AS kind
-FROM {src} n {join}
+        """SELECT n.{ct} AS created_time, m.code * {scale} + {status} AS code,
+  CASE WHEN m.code IS NULL THEN n.{ch} END AS channel, {raw} AS num
+FROM {src} n LEFT JOIN pg_temp.{codes} m ON m.channel = n.{ch}
 WHERE n.{ship} = {p_ship} AND n.{ct} >= {p_start} AND n.{ct} < {p_end}"""
     )
-    fields = dict(
+    return q.format(
         ct=sql.Identifier(c.created_time),
         ch=sql.Identifier(c.channel),
-        vf=sql.Identifier(c.value_format),
-        dv=sql.Identifier(c.double_v),
-        lv=sql.Identifier(c.long_v),
-        bv=sql.Identifier(c.bool_v),
-        sv=sql.Identifier(c.str_v),
+        scale=sql.Literal(1 << STATUS_BITS),
+        status=rule.status(),
+        raw=rule.raw_value(),
         src=sql.Identifier(*settings.source_qualified),
         ship=sql.Identifier(c.ship_id),
         codes=sql.Identifier(CODE_TABLE),
-        p_ship=sql.SQL(where[0]),
-        p_start=sql.SQL(where[1]),
-        p_end=sql.SQL(where[2]),
-    )
-    return q.format(
-        channel=channel.format(**fields), join=join.format(**fields), **fields
+        p_ship=sql.SQL(_SHIP),
+        p_start=sql.SQL(_START),
+        p_end=sql.SQL(_END),
     ).as_string(None)
 
 
-def copy_extract_query(settings: Settings, coded: bool = False) -> str:
-    """The slice query without parameters (ADBC's COPY path): the window comes from
-    ``current_setting('n2w.ship' | 'n2w.start' | 'n2w.end')``, set by a bound statement."""
-    return _query(settings, coded, (_SHIP, _START, _END))
+def decode(table: object) -> pl.DataFrame:
+    """An extracted Arrow table (or frame) as CODED_SCHEMA: ``code`` split into code, status."""
+    frame = pl.from_arrow(table)  # type: ignore[arg-type]
+    assert isinstance(frame, pl.DataFrame)
+    if frame.height == 0:
+        return pl.DataFrame(schema=CODED_SCHEMA)
+    packed = pl.col("code").cast(pl.Int32)
+    return frame.select(
+        pl.col("created_time").cast(pl.Datetime("us")),
+        (packed // (1 << STATUS_BITS)).alias("code"),
+        (packed % (1 << STATUS_BITS)).cast(pl.Int8).alias("status"),
+        pl.col("channel").cast(pl.String),
+        pl.col("num").cast(pl.Float64),
+    )
 
 
 class NarrowReader:
@@ -112,8 +109,22 @@ class NarrowReader:
             import adbc_driver_postgresql.dbapi as adbc
 
         self._conn = adbc.connect(url)
-        self._query = copy_extract_query(settings, coded=True)
-        self._load_codes(channels)
+        try:
+            self._query = copy_extract_query(settings, self._install_rule())
+            self._load_codes(channels)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _install_rule(self) -> bool:
+        cur = self._conn.cursor()
+        try:
+            cur.execute("SELECT current_setting('server_version_num')::int")
+            row = cur.fetchone()
+            assert row is not None
+            return value_rule.install(cur.execute, int(row[0]))
+        finally:
+            cur.close()
 
     def _load_codes(self, channels: Sequence[str]) -> None:
         import pyarrow as pa
@@ -141,11 +152,7 @@ class NarrowReader:
         finally:
             cur.close()
         self._conn.commit()  # end the read transaction: the next slice gets a new snapshot
-        frame = pl.from_arrow(table)
-        assert isinstance(frame, pl.DataFrame)
-        if frame.height == 0:
-            return pl.DataFrame(schema=CODED_SCHEMA)
-        return frame.cast(CODED_SCHEMA)  # type: ignore[arg-type]
+        return decode(table)
 
     def close(self) -> None:
         self._conn.close()

@@ -180,7 +180,7 @@ def _slice_body(
     corr = read_corrections(conn, settings, ship, start, end, groups)
     known = narrow.filter(pl.col("code").is_not_null())
     unknown_rows = narrow.filter(pl.col("code").is_null()).select("created_time", "channel")
-    values, issues = resolve_values(known.drop("channel"), key="code")
+    values, issues = resolve_values(known.drop("channel"))
     if corr.height:
         located = corr.join(codes.frame(), on="channel", how="left")
         overlay = located.filter(pl.col("code").is_not_null()).select("created_time", "code", "value")

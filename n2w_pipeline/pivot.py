@@ -3,9 +3,9 @@
 Everything works on integer channel codes (``ChannelCodes``, joined in the server at
 extraction): a pivot on a String column measured 5–11× slower.
 
-1. ``resolve_values``: the value rule. Decimal → double_v, Integer → long_v, Boolean →
-   1.0/0.0, String → the number it spells. NULL, unknown ``value_format``, an unparsable
-   string and NaN/±Infinity leave the cell NULL and are counted per channel and reason.
+1. ``resolve_values``: the end of the value rule (``value_rule``, evaluated in the
+   server): NULL, unknown ``value_format``, an unparsable string and NaN/±Infinity leave
+   the cell NULL and are counted per channel and reason.
 2. ``pivot_coded``: ranks the slice's timestamps once (sorted unique + ``searchsorted``)
    and scatters every group into a dense NumPy block from Polars' buffers.
 3. ``encode_copy_binary``: a block as PostgreSQL binary COPY, vectorised.
@@ -20,44 +20,29 @@ import numpy as np
 import polars as pl
 
 from n2w_pipeline.channels import ChannelCatalog, ChannelGroup
-from n2w_pipeline.extract import KIND_STRING, KIND_UNKNOWN
-
-_NUMBER_RE = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
-_NON_FINITE_RE = r"(?i)^[+-]?(nan|inf|infinity)$"
+from n2w_pipeline.value_rule import STATUS_REASONS
 
 
-def resolve_values(narrow: pl.DataFrame, key: str = "channel") -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Apply the value rule.
+def resolve_values(narrow: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Finish the value rule on extracted rows of listed channels.
 
-    ``narrow`` has columns created_time, ``key`` (channel id, or code), num, text, kind
-    (see extract.py). Returns (frame with created_time, ``key``, value) and the issues
-    (hour, ``key``, reason, count) of rows whose value became NULL.
+    ``narrow`` has columns created_time, code, status, num (see extract.py; the server
+    already picked and parsed the value). Returns (created_time, code, value) with value
+    NULL where the row gives no cell, and the issues (hour, code, reason, count) of those
+    rows: the status' reason, else ``null_value`` or ``non_finite`` read off the value.
     """
-    text = pl.col("text").str.strip_chars()
-    parsed = pl.when(text.str.contains(_NUMBER_RE)).then(text.cast(pl.Float64, strict=False))
-    raw = pl.when(pl.col("kind") == KIND_STRING).then(parsed).otherwise(pl.col("num"))
-    reason = (
-        pl.when(pl.col("kind") == KIND_UNKNOWN).then(pl.lit("unknown_format"))
-        .when((pl.col("kind") == KIND_STRING) & pl.col("text").is_null()).then(pl.lit("null_value"))
-        .when(pl.col("kind") == KIND_STRING).then(
-            pl.when(text.str.contains(_NON_FINITE_RE)).then(pl.lit("non_finite"))
-            .when(pl.col("raw").is_null()).then(pl.lit("unparsable"))
-            .when(~pl.col("raw").is_finite()).then(pl.lit("non_finite"))
-        )
-        .when(pl.col("raw").is_null()).then(pl.lit("null_value"))
-        .when(~pl.col("raw").is_finite()).then(pl.lit("non_finite"))
-    )
-    staged = narrow.with_columns(raw.alias("raw")).with_columns(reason.alias("reason"))
-    values = staged.select(
-        "created_time",
-        key,
-        pl.when(pl.col("reason").is_null()).then(pl.col("raw")).alias("value"),
-    )
+    num, status = pl.col("num"), pl.col("status")
+    named = status.replace_strict(STATUS_REASONS, default=None, return_dtype=pl.String)
+    reason = pl.when(status != 0).then(named)
+    reason = reason.when(num.is_null()).then(pl.lit("null_value"))
+    reason = reason.when(~num.is_finite()).then(pl.lit("non_finite"))
+    good = ((status == 0) & num.is_finite()).fill_null(False)
+    values = narrow.select("created_time", "code", pl.when(good).then(num).alias("value"))
+    bad = narrow.filter(~good)
     issues = (
-        staged.filter(pl.col("reason").is_not_null())
-        .group_by(pl.col("created_time").dt.truncate("1h").alias("hour"), key, "reason")
+        bad.group_by(pl.col("created_time").dt.truncate("1h").alias("hour"), "code", reason.alias("reason"))
         .agg(pl.len().cast(pl.Int64).alias("count"))
-        .sort("hour", key, "reason")
+        .sort("hour", "code", "reason")
     )
     return values, issues
 
