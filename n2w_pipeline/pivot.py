@@ -49,20 +49,24 @@ def resolve_values(narrow: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 @dataclass(frozen=True)
 class ChannelCodes:
-    """Every listed channel numbered 0..n-1 (catalog order), with its group and column."""
+    """Every listed channel numbered 0..n-1 in catalog order, so a group's channels have
+    consecutive codes in column order."""
 
     channels: tuple[str, ...]
     group_of: np.ndarray  # int32, code → group number
-    col_of: np.ndarray  # int32, code → column position in its group
 
     @classmethod
     def from_catalog(cls, catalog: ChannelCatalog) -> ChannelCodes:
-        channels, groups, cols = [], [], []
+        channels: list[str] = []
+        groups: list[int] = []
         for g in catalog.groups:
             channels += g.channels
             groups += [g.number] * len(g.channels)
-            cols += range(len(g.channels))
-        return cls(tuple(channels), np.asarray(groups, np.int32), np.asarray(cols, np.int32))
+        return cls(tuple(channels), np.asarray(groups, np.int32))
+
+    def first_code(self, group: int) -> int:
+        """The code of the group's first channel (its channels have consecutive codes)."""
+        return int(np.flatnonzero(self.group_of == group)[0])
 
     def frame(self) -> pl.DataFrame:
         """channel → code, for joining channel ids (e.g. corrections) to codes."""
@@ -81,37 +85,33 @@ def pivot_coded(
     (even if all their values are NULL); NULL/NaN values leave the cell empty.
     ``values`` holds at most one row per (created_time, code).
     """
-    blocks: dict[int, WideBlock] = {}
     if values.height == 0:
         return {g.number: WideBlock.empty(len(g.columns)) for g in groups}
-    t = values.get_column("created_time").cast(pl.Int64).to_numpy()
-    uniq = values.get_column("created_time").unique().sort().cast(pl.Int64).to_numpy()
-    inv = np.searchsorted(uniq, t)
+    times = values.get_column("created_time")
+    uniq = times.unique().sort().cast(pl.Int64).to_numpy()
+    row = np.searchsorted(uniq, times.cast(pl.Int64).to_numpy())
     code = values.get_column("code").to_numpy()
     v = values.get_column("value").to_numpy()
     if v.dtype.kind != "f":
         v = v.astype(np.float64)
-    g_of = codes.group_of[code]
-    c_of = codes.col_of[code]
+    has = ~np.isnan(v)
+    # one dense matrix over every listed channel (a group's codes are consecutive) …
+    n_codes = len(codes.channels)
+    dense = np.zeros((uniq.shape[0], n_codes), dtype=np.float64)
+    filled = np.zeros((uniq.shape[0], n_codes), dtype=bool)
+    flat = row[has] * n_codes + code[has]
+    dense.reshape(-1)[flat] = v[has]
+    filled.reshape(-1)[flat] = True
+    # … and which timestamps each group has a row at (a NULL value still makes the row)
+    group_numbers = np.unique(codes.group_of)
+    present = np.zeros((uniq.shape[0], group_numbers.shape[0]), dtype=bool)
+    present[row, np.searchsorted(group_numbers, codes.group_of[code])] = True
+    blocks: dict[int, WideBlock] = {}
     for g in groups:
-        n_cols = len(g.columns)
-        idx = np.flatnonzero(g_of == g.number)
-        if idx.size == 0:
-            blocks[g.number] = WideBlock.empty(n_cols)
-            continue
-        ri = inv[idx]
-        present = np.zeros(uniq.shape[0], bool)
-        present[ri] = True
-        r = (np.cumsum(present) - 1)[ri]
-        c = c_of[idx]
-        vv = v[idx]
-        has = ~np.isnan(vv)
-        n_rows = int(present.sum())
-        block = np.zeros((n_rows, n_cols), dtype=np.float64)
-        mask = np.zeros((n_rows, n_cols), dtype=bool)
-        mask[r, c] = has
-        block[r[has], c[has]] = vv[has]
-        blocks[g.number] = WideBlock(uniq[present], block, mask)
+        first = codes.first_code(g.number)
+        cols = slice(first, first + len(g.columns))
+        rows = present[:, int(np.searchsorted(group_numbers, g.number))]
+        blocks[g.number] = WideBlock(uniq[rows], dense[rows, cols], filled[rows, cols])
     return blocks
 
 

@@ -26,7 +26,6 @@ from n2w_pipeline.config import SourceColumns
 
 NUMBER_RE = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 NON_FINITE_RE = r"^[+-]?(nan|inf|infinity)$"
-WHITESPACE = " \t\n\r\f\v"
 
 # status codes (two bits): why a row of a listed channel gives no cell, beyond its value
 OK, UNKNOWN_FORMAT, UNPARSABLE, NON_FINITE = 0, 1, 2, 3
@@ -62,13 +61,19 @@ class ValueRule:
 
         self.vf, self.dv, self.lv = col(columns.value_format), col(columns.double_v), col(columns.long_v)
         self.bv, self.sv = col(columns.bool_v), col(columns.str_v)
-        self.text = sql.SQL("btrim({}, {})").format(self.sv, sql.Literal(WHITESPACE))
+        self.text = sql.SQL("btrim({}, E' \\t\\n\\r\\f\\v')").format(self.sv)
         self.valid = (
             sql.SQL("pg_input_is_valid({}, 'float8')") if native else sql.SQL("pg_temp.n2w_is_float8({})")
-        ).format(self.text)
+        ).format(self.sv)
 
     def _number(self) -> sql.Composable:
-        return sql.SQL("{} ~ {}").format(self.text, sql.Literal(NUMBER_RE))
+        """A non-NULL string the rule reads as a number (or NaN/±Infinity, which the value
+        then tells). PostgreSQL's float8 input already skips the same whitespace and takes
+        exactly the regex's forms plus NaN/Infinity spellings and hexadecimal (``0x1p3``),
+        which the rule refuses: so no regex (costly) for the strings that parse."""
+        return sql.SQL("{valid} AND strpos({sv}, 'x') = 0 AND strpos({sv}, 'X') = 0").format(
+            valid=self.valid, sv=self.sv
+        )
 
     def raw_value(self) -> sql.Composable:
         """The float8 a row spells: NULL for a NULL value, an unknown format or a string
@@ -76,9 +81,8 @@ class ValueRule:
         return sql.SQL(
             """CASE {vf} WHEN 'Decimal' THEN {dv} WHEN 'Integer' THEN {lv}::float8
   WHEN 'Boolean' THEN {bv}::int::float8
-  WHEN 'String' THEN CASE WHEN {number} AND {valid} THEN {text}::float8 END END"""
-        ).format(vf=self.vf, dv=self.dv, lv=self.lv, bv=self.bv, number=self._number(),
-                 valid=self.valid, text=self.text)
+  WHEN 'String' THEN CASE WHEN {number} THEN {sv}::float8 END END"""
+        ).format(vf=self.vf, dv=self.dv, lv=self.lv, bv=self.bv, number=self._number(), sv=self.sv)
 
     def status(self) -> sql.Composable:
         """``OK`` unless the format is unknown, or a non-NULL string is not a number
@@ -86,13 +90,13 @@ class ValueRule:
         A NULL or non-finite ``raw_value`` under ``OK`` is told by the value itself."""
         return sql.SQL(
             """CASE {vf} WHEN 'Decimal' THEN 0 WHEN 'Integer' THEN 0 WHEN 'Boolean' THEN 0
-  WHEN 'String' THEN CASE WHEN {sv} IS NULL THEN 0
-    WHEN {number} THEN CASE WHEN {valid} THEN 0 ELSE {non_finite} END
-    WHEN {text} ~* {non_finite_re} THEN {non_finite} ELSE {unparsable} END
+  WHEN 'String' THEN CASE WHEN {sv} IS NULL OR {number} THEN 0
+    WHEN {text} ~ {number_re} OR {text} ~* {non_finite_re} THEN {non_finite} ELSE {unparsable} END
   ELSE {unknown} END"""
-        ).format(vf=self.vf, sv=self.sv, number=self._number(), valid=self.valid, text=self.text,
-                 non_finite_re=sql.Literal(NON_FINITE_RE), non_finite=sql.Literal(NON_FINITE),
-                 unparsable=sql.Literal(UNPARSABLE), unknown=sql.Literal(UNKNOWN_FORMAT))
+        ).format(vf=self.vf, sv=self.sv, number=self._number(), text=self.text,
+                 number_re=sql.Literal(NUMBER_RE), non_finite_re=sql.Literal(NON_FINITE_RE),
+                 non_finite=sql.Literal(NON_FINITE), unparsable=sql.Literal(UNPARSABLE),
+                 unknown=sql.Literal(UNKNOWN_FORMAT))
 
     def cell_value(self) -> sql.Composable:
         """The cell a row gives, NULL when it gives none."""
