@@ -91,6 +91,11 @@ class WindowStats:
     groups: dict[int, GroupStats] = field(default_factory=dict)
     issues: dict[tuple[str, str], int] = field(default_factory=dict)  # (channel, reason) → n
     unknown: dict[str, int] = field(default_factory=dict)  # channel → n
+    # what was read, for the in-run reconciliation check (checks.NarrowHours):
+    # (ship, group) → hour → (narrow rows of the group's channels, their distinct timestamps)
+    narrow_hours: dict[tuple[str, int], dict[dt.datetime, tuple[int, set[dt.datetime]]]] = field(
+        default_factory=dict
+    )
 
     def merge(self, other: WindowStats) -> None:
         self.narrow_rows += other.narrow_rows
@@ -102,6 +107,11 @@ class WindowStats:
             self.issues[k] = self.issues.get(k, 0) + n
         for k, n in other.unknown.items():
             self.unknown[k] = self.unknown.get(k, 0) + n
+        for key, hours in other.narrow_hours.items():
+            mine = self.narrow_hours.setdefault(key, {})
+            for h, (n, times) in hours.items():
+                count, seen = mine.get(h, (0, set()))
+                mine[h] = (count + n, seen | times)
 
 
 Progress = Callable[[int, int, WindowStats], None]
@@ -196,6 +206,7 @@ def _slice_body(
         .sort("hour", "channel")
     )
     blocks = pivot_coded(values, codes, groups)
+    stats.narrow_hours = _narrow_hours(known, codes, ship, {g.number for g in groups})
     del values, known
     for g in groups:
         stats.groups[g.number] = GroupStats()
@@ -211,6 +222,23 @@ def _slice_body(
     for _, ch, n in unknown.iter_rows():
         stats.unknown[ch] = stats.unknown.get(ch, 0) + n
     return stats
+
+
+def _narrow_hours(
+    known: pl.DataFrame, codes: ChannelCodes, ship: str, selected: set[int]
+) -> dict[tuple[str, int], dict[dt.datetime, tuple[int, set[dt.datetime]]]]:
+    """Per selected group and hour: rows read and their distinct timestamps."""
+    group = pl.Series("group", codes.group_of, dtype=pl.Int32)
+    per = (
+        known.select("created_time", group.gather(known.get_column("code")).alias("group"))
+        .filter(pl.col("group").is_in(list(selected)))
+        .group_by("group", pl.col("created_time").dt.truncate("1h").alias("hour"))
+        .agg(pl.len().alias("rows"), pl.col("created_time").unique().alias("times"))
+    )
+    out: dict[tuple[str, int], dict[dt.datetime, tuple[int, set[dt.datetime]]]] = {}
+    for g, hour, rows, times in per.iter_rows():
+        out.setdefault((ship, g), {})[hour] = (rows, set(times))
+    return out
 
 
 def _issue_rows(

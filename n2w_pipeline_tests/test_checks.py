@@ -325,3 +325,24 @@ def test_on_demand_job_cli_and_pure_function_agree(crafted, conn, monkeypatch, c
     assert cli.main(argv) == 1
     out = capsys.readouterr().out
     assert f"missing_cell at {T2.isoformat()} /a" in out
+
+
+def test_in_run_check_counts_what_the_run_read_on_demand_counts_the_table(crafted, conn):
+    """A row arriving after the run read its hour: the run's own check reconciles what it
+    read (passes); the on-demand check counts the narrow table and names the new cell."""
+    settings, catalog = crafted
+    g1 = catalog.groups[0]
+    rec = _evaluations(_materialise(settings, catalog))[(g1.asset_name, "reconciliation")]
+    assert rec.passed
+    assert _md(rec)["narrow_counted_from"].startswith("the rows this run read")
+    assert _md(rec)["narrow_rows"] == _sql_figures(conn, settings, g1)["narrow_rows"]
+
+    late = H1 + 5 * S
+    insert_rows(conn, settings, [(SHIP, "/a", late, "Decimal", 4.5, None, None, None)])
+    [rec] = evaluate(conn, settings, [g1], [(SHIP, H0, END)], names=["reconciliation"])
+    assert not rec.passed
+    assert rec.metadata["narrow_counted_from"] == "a pass over the narrow table"
+    assert rec.metadata["cell_balance"] == 1
+    assert rec.metadata["expected_rows"] == rec.metadata["wide_rows"] + 1
+    assert [(d["time"], d["channel"], d["kind"]) for d in rec.metadata["first_differences"]] == [
+        (late.isoformat(), None, "missing_row"), (late.isoformat(), "/a", "missing_cell")]

@@ -28,6 +28,7 @@ from n2w_pipeline.checks import (
     ERROR,
     RECONCILIATION,
     CheckOutcome,
+    NarrowHours,
     evaluate,
 )
 from n2w_pipeline.config import Settings
@@ -98,8 +99,10 @@ def run_check_results(
     settings: Settings,
     groups: Sequence[ChannelGroup],
     windows: Sequence[tuple[str, dt.datetime, dt.datetime]],
+    narrow_hours: NarrowHours | None = None,
 ) -> Iterator[dg.AssetCheckResult]:
-    """Evaluate the run's selected checks over its windows and yield one result per check."""
+    """Evaluate the run's selected checks over its windows and yield one result per check.
+    ``narrow_hours``: what the run read (see ``checks.gather_facts``)."""
     selected = {(k.asset_key, k.name) for k in context.selected_asset_check_keys}
     wanted = [g for g in groups if any((_asset_key(g), n) in selected for n in CHECK_NAMES)]
     if not wanted:
@@ -107,7 +110,7 @@ def run_check_results(
     names = sorted({n for _, n in selected})
     t0 = time.perf_counter()
     with psycopg.connect(url, autocommit=True) as conn:
-        outcomes = evaluate(conn, settings, wanted, windows, names=names)
+        outcomes = evaluate(conn, settings, wanted, windows, names=names, narrow_hours=narrow_hours)
     context.log.info(f"asset checks computed in {time.perf_counter() - t0:.2f} s")
     by_group = {g.number: g for g in wanted}
     for o in outcomes:

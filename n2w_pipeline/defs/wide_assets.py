@@ -173,7 +173,8 @@ def build_wide_assets(settings: Settings, catalog: ChannelCatalog) -> dg.AssetsD
         Reads each ship's hours in slices of N2W_SLICE_HOURS through COPY/Arrow, pivots in
         Polars and upserts each slice in one transaction under per-hour locks, so any
         re-run, range run or concurrent run of the same hours leaves the same tables.
-        Then the asset checks (checks.py) compare exactly these windows with the narrow rows.
+        Then the asset checks (checks.py) compare exactly these windows of the wide tables
+        with the narrow rows the run read (the on-demand check job counts the narrow table).
         """
         groups = [groups_by_key[k] for k in sorted(context.selected_asset_keys) if k in groups_by_key]
         windows = ship_windows(context.partition_keys)
@@ -207,6 +208,6 @@ def build_wide_assets(settings: Settings, catalog: ChannelCatalog) -> dg.AssetsD
                 asset_key=wide_asset_key(g),
                 metadata=_metadata(g, settings, total, wall, window_list),
             )
-        yield from run_check_results(context, url, settings, groups, windows)
+        yield from run_check_results(context, url, settings, groups, windows, total.narrow_hours)
 
     return narrow_to_wide
