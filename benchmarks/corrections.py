@@ -198,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'phase (s)':<52} {'first':>9} {'again':>9}")
     for key, label in (("read", "read file + sha256"), ("parse", "parse (Polars)"),
                        ("plan", "split by group (numpy)"), ("prepare", "ensure tables (DDL)"),
-                       ("stage", "encode + binary COPY to temp stages"),
+                       ("copy", "timestamps new to both tables: COPY into both"),
+                       ("stage", "others: encode + binary COPY to temp stages"),
                        ("shadow", "corrections shadow tables: compare + merge"),
                        ("wide", "wide tables: merge")):
         print(f"{label:<52} {t_first.get(key, 0.0):>9.2f} {t_again.get(key, 0.0):>9.2f}")

@@ -21,9 +21,10 @@ Three layers, each usable alone:
   undo a correction), then merged into the wide table: ``INSERT … ON CONFLICT DO UPDATE``
   setting only the file's columns to ``COALESCE(new, old)``, so a blank cell keeps the
   old value, skipping rows that would not change. Stage rows whose corrections are all
-  stored already are skipped for both tables, so applying a file twice is a no-op; where
-  a table has no row in the file's time range a plain INSERT does the same, faster. The
-  file is recorded in ``n2w_correction_files`` (sha256, rows, cells).
+  stored already are skipped for both tables, so applying a file twice is a no-op.
+  Timestamps that neither table has yet skip the stage: they are binary-COPYed straight
+  into both (nothing to merge with under the hour locks). The file is recorded in
+  ``n2w_correction_files`` (sha256, rows, cells).
   ``apply_file(dry_run=True)`` computes the same counts with read-only queries and writes
   nothing.
 
@@ -56,12 +57,12 @@ from n2w_pipeline.config import Settings
 from n2w_pipeline.pivot import COPY_HEADER, COPY_TRAILER, WideBlock, encode_dense_copy
 from n2w_pipeline.write import (
     CORRECTION_FILES,
+    copy_block,
     corrections_table_name,
     ensure_support_tables,
     ensure_wide_table,
     existing_columns,
     lock_hours,
-    window_is_empty,
 )
 
 TIMESTAMP_HEADER = "timestamp"
@@ -605,37 +606,18 @@ def _staged(plan: TablePlan, alias: str | None = None) -> list[sql.Composable]:
             for c in plan.columns]
 
 
-def _range_is_empty(conn: psycopg.Connection, target: sql.Identifier, plan: TablePlan) -> bool:
-    """True if ``target`` has no row between the plan's first and last timestamp."""
-    epoch = dt.datetime(1970, 1, 1)
-    first = epoch + dt.timedelta(microseconds=int(plan.block.times_us[0]))
-    last = epoch + dt.timedelta(microseconds=int(plan.block.times_us[-1]))
-    return window_is_empty(conn, target, first, last + dt.timedelta(microseconds=1))
-
-
 def _merge(
-    conn: psycopg.Connection, target: sql.Identifier, plan: TablePlan, stage: sql.Composable,
-    *, fresh: bool = False,
+    conn: psycopg.Connection, target: sql.Identifier, plan: TablePlan, stage: sql.Composable
 ) -> tuple[int, int]:
     """Upsert the stage into ``target`` (a wide table or its shadow); (inserted, updated) rows.
 
     Only the file's columns are set; ``COALESCE(new, old)`` keeps the old value where the
     file's cell is blank; timestamps not yet in ``target`` become rows with the other
     columns NULL; rows that would not change are not touched (not counted as updated).
-    ``fresh``: the caller knows ``target`` has no row in the stage's time range (checked
-    under the hour locks), so a plain INSERT does the same, faster. ``stage`` is the stage
-    table or a subquery of it (the rows that change the shadow table).
+    ``stage`` is the stage table or a subquery of it (the rows that change the shadow table).
     """
     cols = [sql.Identifier(c) for c in plan.columns]
     time_col = sql.Identifier(TIME_COLUMN)
-    if fresh:
-        n = conn.execute(
-            sql.SQL("INSERT INTO {} ({}, {}) SELECT {}, {} FROM {}").format(
-                target, time_col, sql.SQL(", ").join(cols), time_col,
-                sql.SQL(", ").join(_staged(plan)), stage,
-            )
-        ).rowcount
-        return n, 0
     merged = [sql.SQL("COALESCE(EXCLUDED.{0}, t.{0})").format(c) for c in cols]
     q = sql.SQL(
         """WITH up AS (
@@ -750,6 +732,69 @@ ON CONFLICT (file, sha256) DO UPDATE SET applied_at = now(), rows = EXCLUDED.row
     )
 
 
+def _existing_times(conn: psycopg.Connection, target: sql.Identifier, times_us: np.ndarray) -> np.ndarray:
+    """The timestamps (µs since 1970) ``target`` has between the first and last of ``times_us``."""
+    epoch = dt.datetime(1970, 1, 1)
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT (EXTRACT(EPOCH FROM {t}) * 1000000)::int8 FROM {target} WHERE {t} >= %s AND {t} <= %s"
+        ).format(t=sql.Identifier(TIME_COLUMN), target=target),
+        [epoch + dt.timedelta(microseconds=int(times_us[i])) for i in (0, -1)],
+    ).fetchall()
+    return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+
+def _take(plan: TablePlan, rows: np.ndarray) -> TablePlan:
+    b = plan.block
+    return replace(plan, block=WideBlock(b.times_us[rows], b.values[rows], b.mask[rows]))
+
+
+def _apply_table(
+    conn: psycopg.Connection, plan: TablePlan, rep: TableReport,
+    shadow: sql.Identifier, wide: sql.Identifier, phase: dict[str, float],
+) -> tuple[int, int]:
+    """Write one table's block into its shadow and wide tables (under the caller's hour
+    locks); fills ``rep``'s inserted/updated rows, returns (correction cells newly set,
+    changed).
+
+    Timestamps that neither table has yet (a file of missing data) are binary-COPYed
+    straight into both: under the hour locks nobody else adds rows to those hours, so
+    there is nothing to merge with. The others go through a stage: the rows that add or
+    change a correction are merged into the shadow table, then into the wide table."""
+    t = time.perf_counter()
+    times = plan.block.times_us
+    known = np.union1d(_existing_times(conn, shadow, times), _existing_times(conn, wide, times))
+    new = ~np.isin(times, known, assume_unique=True)
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in (TIME_COLUMN, *plan.columns))
+    fresh = _take(plan, new)
+    ci = cu = 0
+    if fresh.block.rows:
+        for target in (shadow, wide):
+            copy_block(conn, target, cols, fresh.block)
+        rep.inserted += fresh.block.rows
+        ci += fresh.block.cells
+    phase["copy"] += time.perf_counter() - t
+    rest = _take(plan, ~new)
+    if not rest.block.rows:
+        return ci, cu
+    t = time.perf_counter()
+    stage = _stage(conn, rest)
+    phase["stage"] += time.perf_counter() - t
+    t = time.perf_counter()
+    source, added, changed = _shadow_delta(conn, shadow, rest, stage)
+    ci, cu = ci + added, cu + changed
+    if source is not None:
+        _merge(conn, shadow, rest, source)
+    phase["shadow"] += time.perf_counter() - t
+    t = time.perf_counter()
+    if source is not None:  # None: every cell is stored already (the file was applied)
+        inserted, updated = _merge(conn, wide, rest, source)
+        rep.inserted += inserted
+        rep.updated += updated
+    phase["wide"] += time.perf_counter() - t
+    return ci, cu
+
+
 def hour_runs(times_us: Iterable[np.ndarray]) -> list[tuple[dt.datetime, dt.datetime]]:
     """Contiguous [start, end) hour ranges covering every timestamp, in order."""
     arrays = [a for a in times_us if a.size]
@@ -782,8 +827,9 @@ def apply_parsed(
     """Write (or dry-run) a parsed file. ``conn`` must be in autocommit mode.
 
     Real run: one transaction — advisory locks on every (ship, hour) the file touches, in
-    hour order (the same locks the narrow → wide runs take), then per table: COPY the
-    block into a temporary stage, keep the stage rows that add or change a correction
+    hour order (the same locks the narrow → wide runs take), then per table
+    (``_apply_table``): COPY the timestamps new to both tables straight into both, the
+    others into a temporary stage, keep the stage rows that add or change a correction
     (counting those cells), merge them into the table's corrections shadow table and into
     the wide table (only the file's columns, blank keeps the old value, unchanged rows
     untouched), and record the file in n2w_correction_files. Dry run: the same stage and
@@ -800,7 +846,7 @@ def apply_parsed(
                     len(p.channels), p.coverage_pct, p.block.rows, p.block.cells)
         for p in plan.tables
     ]
-    phase = dict.fromkeys(("plan", "prepare", "stage", "shadow", "wide"), 0.0)
+    phase = dict.fromkeys(("plan", "prepare", "copy", "stage", "shadow", "wide"), 0.0)
     phase["plan"] = time.perf_counter() - t0
     corr_ins = corr_upd = 0
     if not dry_run:
@@ -820,30 +866,19 @@ def apply_parsed(
         for p, rep, shadow in zip(plan.tables, reports, shadows, strict=True):
             if not p.block.rows:
                 continue
-            t = time.perf_counter()
-            stage = _stage(conn, p)
-            phase["stage"] += time.perf_counter() - t
-            t = time.perf_counter()
-            shadow_id = sql.Identifier(schema, shadow)
-            source: sql.Composable | None = stage
             if dry_run:
+                t = time.perf_counter()
+                stage = _stage(conn, p)
+                phase["stage"] += time.perf_counter() - t
+                t = time.perf_counter()
                 _, _, ci, cu = _compare(conn, schema, shadow, p, stage)
-            elif _range_is_empty(conn, shadow_id, p):  # e.g. a file's first application
-                _merge(conn, shadow_id, p, stage, fresh=True)
-                ci, cu = p.block.cells, 0
-            else:
-                source, ci, cu = _shadow_delta(conn, shadow_id, p, stage)
-                if source is not None:
-                    _merge(conn, shadow_id, p, source)
-            phase["shadow"] += time.perf_counter() - t
-            t = time.perf_counter()
-            wide_id = sql.Identifier(schema, rep.table)
-            if dry_run:
+                phase["shadow"] += time.perf_counter() - t
+                t = time.perf_counter()
                 rep.inserted, rep.updated, _, _ = _compare(conn, schema, rep.table, p, stage)
-            elif source is not None:  # None: every cell of the file is stored already
-                fresh = source is stage and _range_is_empty(conn, wide_id, p)
-                rep.inserted, rep.updated = _merge(conn, wide_id, p, source, fresh=fresh)
-            phase["wide"] += time.perf_counter() - t
+                phase["wide"] += time.perf_counter() - t
+            else:
+                ci, cu = _apply_table(conn, p, rep, sql.Identifier(schema, shadow),
+                                      sql.Identifier(schema, rep.table), phase)
             corr_ins += ci
             corr_upd += cu
         if not dry_run and plan.tables:
