@@ -26,6 +26,7 @@ as a table and written to ``benchmarks/results/backfill-<time>.json``.
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import os
 import resource
@@ -457,10 +458,10 @@ def main() -> int:
         print(f"in-run asset checks add {100 * extra:+.1f} % to the ship-{big} backfill "
               f"({plain[0]['seconds']:.1f} s -> {with_checks[0]['seconds']:.1f} s)")
     n2w = [m for m in rows_out if m["method"].startswith("n2w through") and m["peak_rss"]]
-    if len(n2w) >= 2:
-        lo, hi = n2w[0]["peak_rss"], n2w[-1]["peak_rss"]
-        print(f"peak RSS {n2w[-1]['method'].split(', ')[-1]} / {n2w[0]['method'].split(', ')[-1]}: "
-              f"{hi / lo:.2f}")
+    for a, b in itertools.pairwise(n2w):  # day → week (→ month): bounded by the slice, not the range
+        ratio = b["peak_rss"] / a["peak_rss"]
+        results.setdefault("peak_rss_ratios", {})[f"{b['method']} / {a['method']}"] = ratio
+        print(f"peak RSS {b['method'].split(', ')[-1]} / {a['method'].split(', ')[-1]}: {ratio:.2f}")
     folder = ROOT / "benchmarks" / "results"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"backfill-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
