@@ -283,8 +283,9 @@ def _support_tables_exist(conn: psycopg.Connection, settings: Settings) -> bool:
     return bool(row and row[0])
 
 
-NarrowHours = Mapping[tuple[str, int], Mapping[dt.datetime, tuple[int, set[dt.datetime]]]]
-"""(ship, group) → hour → (narrow rows of the group's channels, their distinct timestamps)."""
+NarrowHours = Mapping[tuple[str, int], Mapping[dt.datetime, tuple[int, int]]]
+"""(ship, group) → hour → (narrow rows of the group's channels read, expected wide rows:
+their distinct timestamps ∪ the group's correction timestamps)."""
 
 
 def gather_facts(
@@ -341,13 +342,15 @@ def gather_facts(
                 for ch in g.channels:
                     gf.channel_cells.setdefault(ch, 0)
             times: dict[dt.datetime, set[dt.datetime]] = {}
-            narrow = (
-                _narrow_pass(conn, settings, g, ship, start, end) if narrow_hours is None
-                else {h: v for h, v in narrow_hours.get((ship, g.number), {}).items() if start <= h < end}
-            )
-            for h, (n, ts) in narrow.items():
-                at(h).narrow_rows += n
-                times[h] = set(ts)
+            if narrow_hours is None:  # count the narrow table
+                for h, (n, ts) in _narrow_pass(conn, settings, g, ship, start, end).items():
+                    at(h).narrow_rows += n
+                    times[h] = ts
+            else:  # as the run read it; its expected rows include the correction timestamps
+                for h, (n, expected) in narrow_hours.get((ship, g.number), {}).items():
+                    if start <= h < end:
+                        at(h).narrow_rows += n
+                        at(h).narrow_times += expected
             mine = set(g.channels)
             for h, ch, grp, reason, n in issues:
                 if grp == g.number and ch in mine and reason in NULL_REASONS:
@@ -359,7 +362,8 @@ def gather_facts(
                 f.corrections_nan += nan
                 f.corrections_over_narrow += over_narrow
                 f.corrections_over_null += over_null
-                times.setdefault(_hour(t), set()).add(t)
+                if narrow_hours is None:
+                    times.setdefault(_hour(t), set()).add(t)
             for h, ts in times.items():
                 at(h).narrow_times += len(ts)
             for h, f in hours.items():

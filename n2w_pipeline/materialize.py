@@ -91,11 +91,9 @@ class WindowStats:
     groups: dict[int, GroupStats] = field(default_factory=dict)
     issues: dict[tuple[str, str], int] = field(default_factory=dict)  # (channel, reason) → n
     unknown: dict[str, int] = field(default_factory=dict)  # channel → n
-    # what was read, for the in-run reconciliation check (checks.NarrowHours):
-    # (ship, group) → hour → (narrow rows of the group's channels, their distinct timestamps)
-    narrow_hours: dict[tuple[str, int], dict[dt.datetime, tuple[int, set[dt.datetime]]]] = field(
-        default_factory=dict
-    )
+    # what was read, for the in-run reconciliation check (checks.NarrowHours): two counts
+    # per (ship, group, hour), so a year-long run holds a few MB of them
+    narrow_hours: dict[tuple[str, int], dict[dt.datetime, tuple[int, int]]] = field(default_factory=dict)
 
     def merge(self, other: WindowStats) -> None:
         self.narrow_rows += other.narrow_rows
@@ -109,9 +107,9 @@ class WindowStats:
             self.unknown[k] = self.unknown.get(k, 0) + n
         for key, hours in other.narrow_hours.items():
             mine = self.narrow_hours.setdefault(key, {})
-            for h, (n, times) in hours.items():
-                count, seen = mine.get(h, (0, set()))
-                mine[h] = (count + n, seen | times)
+            for h, (n, expected) in hours.items():
+                count, rows = mine.get(h, (0, 0))  # slices hold whole hours: no overlap
+                mine[h] = (count + n, rows + expected)
 
 
 Progress = Callable[[int, int, WindowStats], None]
@@ -206,7 +204,7 @@ def _slice_body(
         .sort("hour", "channel")
     )
     blocks = pivot_coded(values, codes, groups)
-    stats.narrow_hours = _narrow_hours(known, codes, ship, {g.number for g in groups})
+    stats.narrow_hours = _narrow_hours(known, corr, codes, ship, {g.number for g in groups})
     del values, known
     for g in groups:
         stats.groups[g.number] = GroupStats()
@@ -225,19 +223,27 @@ def _slice_body(
 
 
 def _narrow_hours(
-    known: pl.DataFrame, codes: ChannelCodes, ship: str, selected: set[int]
-) -> dict[tuple[str, int], dict[dt.datetime, tuple[int, set[dt.datetime]]]]:
-    """Per selected group and hour: rows read and their distinct timestamps."""
-    group = pl.Series("group", codes.group_of, dtype=pl.Int32)
-    per = (
-        known.select("created_time", group.gather(known.get_column("code")).alias("group"))
-        .filter(pl.col("group").is_in(list(selected)))
-        .group_by("group", pl.col("created_time").dt.truncate("1h").alias("hour"))
-        .agg(pl.len().alias("rows"), pl.col("created_time").unique().alias("times"))
+    known: pl.DataFrame, corr: pl.DataFrame, codes: ChannelCodes, ship: str, selected: set[int]
+) -> dict[tuple[str, int], dict[dt.datetime, tuple[int, int]]]:
+    """Per selected group and hour: narrow rows read, and the wide rows they and the
+    corrections call for (distinct timestamps of either)."""
+    group_of = pl.Series("group", codes.group_of, dtype=pl.Int32)
+    narrow = known.select("created_time", group_of.gather(known.get_column("code")).alias("group"))
+    located = corr.join(codes.frame(), on="channel", how="inner")
+    corrected = located.select("created_time", group_of.gather(located.get_column("code")).alias("group"))
+    hour = pl.col("created_time").dt.truncate("1h").alias("hour")
+    rows = narrow.group_by("group", hour).agg(pl.len().alias("rows"))
+    expected = (
+        pl.concat([narrow, corrected]).unique()
+        .group_by("group", hour).agg(pl.len().alias("expected"))
     )
-    out: dict[tuple[str, int], dict[dt.datetime, tuple[int, set[dt.datetime]]]] = {}
-    for g, hour, rows, times in per.iter_rows():
-        out.setdefault((ship, g), {})[hour] = (rows, set(times))
+    per = (
+        expected.join(rows, on=["group", "hour"], how="left")
+        .filter(pl.col("group").is_in(list(selected)))
+    )
+    out: dict[tuple[str, int], dict[dt.datetime, tuple[int, int]]] = {}
+    for g, h, n_expected, n_rows in per.select("group", "hour", "expected", "rows").iter_rows():
+        out.setdefault((ship, g), {})[h] = (n_rows or 0, n_expected)
     return out
 
 
