@@ -54,7 +54,7 @@ from psycopg import sql
 
 from n2w_pipeline.channels import TIME_COLUMN, ChannelCatalog, ChannelGroup
 from n2w_pipeline.config import Settings
-from n2w_pipeline.pivot import COPY_HEADER, COPY_TRAILER, WideBlock, encode_dense_copy
+from n2w_pipeline.pivot import COPY_HEADER, COPY_TRAILER, WideBlock, encode_copy_binary, encode_dense_copy
 from n2w_pipeline.write import (
     CORRECTION_FILES,
     copy_block,
@@ -733,15 +733,18 @@ ON CONFLICT (file, sha256) DO UPDATE SET applied_at = now(), rows = EXCLUDED.row
 
 
 def _existing_times(conn: psycopg.Connection, target: sql.Identifier, times_us: np.ndarray) -> np.ndarray:
-    """The timestamps (µs since 1970) ``target`` has between the first and last of ``times_us``."""
+    """The timestamps (µs since 1970) ``target`` has between the first and last of ``times_us``
+    (one int8 array from the server: no Python object per row)."""
     epoch = dt.datetime(1970, 1, 1)
-    rows = conn.execute(
-        sql.SQL(
-            "SELECT (EXTRACT(EPOCH FROM {t}) * 1000000)::int8 FROM {target} WHERE {t} >= %s AND {t} <= %s"
-        ).format(t=sql.Identifier(TIME_COLUMN), target=target),
-        [epoch + dt.timedelta(microseconds=int(times_us[i])) for i in (0, -1)],
-    ).fetchall()
-    return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    with conn.cursor(binary=True) as cur:
+        row = cur.execute(
+            sql.SQL(
+                "SELECT coalesce(array_agg((EXTRACT(EPOCH FROM {t}) * 1000000)::int8), '{{}}') "
+                "FROM {target} WHERE {t} >= %s AND {t} <= %s"
+            ).format(t=sql.Identifier(TIME_COLUMN), target=target),
+            [epoch + dt.timedelta(microseconds=int(times_us[i])) for i in (0, -1)],
+        ).fetchone()
+    return np.array(row[0] if row else [], dtype=np.int64)
 
 
 def _take(plan: TablePlan, rows: np.ndarray) -> TablePlan:
@@ -763,14 +766,19 @@ def _apply_table(
     change a correction are merged into the shadow table, then into the wide table."""
     t = time.perf_counter()
     times = plan.block.times_us
-    known = np.union1d(_existing_times(conn, shadow, times), _existing_times(conn, wide, times))
-    new = ~np.isin(times, known, assume_unique=True)
+    # the shadow first: it is narrow (cheap to scan), and once a file was applied it holds
+    # every timestamp, so the wide table (~5 kB rows) need not be read at all
+    new = ~np.isin(times, _existing_times(conn, shadow, times), assume_unique=True)
+    if new.any():
+        candidates = times[new]
+        new[new] = ~np.isin(candidates, _existing_times(conn, wide, candidates), assume_unique=True)
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in (TIME_COLUMN, *plan.columns))
     fresh = _take(plan, new)
     ci = cu = 0
     if fresh.block.rows:
+        data = encode_copy_binary(fresh.block)
         for target in (shadow, wide):
-            copy_block(conn, target, cols, fresh.block)
+            copy_block(conn, target, cols, data)
         rep.inserted += fresh.block.rows
         ci += fresh.block.cells
     phase["copy"] += time.perf_counter() - t

@@ -141,21 +141,36 @@ COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4,
 COPY_TRAILER = (-1).to_bytes(2, "big", signed=True)
 
 
+def _copy_rows(block: WideBlock) -> np.ndarray:
+    """Every row of a binary COPY of (created_time, col_0 … col_n) with every field
+    present (length 8), as one packed structured array: numpy byte-swaps while assigning."""
+    n, k = block.values.shape
+    cell = np.dtype([("len", ">i4"), ("v", ">f8")])
+    row = np.dtype([("fields", ">i2"), ("tlen", ">i4"), ("t", ">i8"), ("c", cell, (k,))])
+    out = np.empty(n, row)
+    out["fields"] = k + 1
+    out["tlen"] = 8
+    out["t"] = block.times_us - _PG_EPOCH_US
+    out["c"]["len"] = 8
+    out["c"]["v"] = block.values
+    return out
+
+
 def encode_copy_binary(block: WideBlock) -> bytes:
-    """PostgreSQL binary COPY of (created_time, col_0 … col_n) rows, built vectorised."""
-    n_rows, n_cols = block.values.shape
-    head = np.zeros((n_rows, 14), dtype=np.uint8)
-    head[:, 0:2] = np.array([n_cols + 1], dtype=">i2").view(np.uint8)
-    head[:, 2:6] = np.array([8], dtype=">i4").view(np.uint8)
-    head[:, 6:14] = (block.times_us - _PG_EPOCH_US).astype(">i8").view(np.uint8).reshape(n_rows, 8)
-    lens = np.where(block.mask, 8, -1).astype(">i4").view(np.uint8).reshape(n_rows, n_cols, 4)
-    vals = block.values.astype(">f8").view(np.uint8).reshape(n_rows, n_cols, 8)
-    fields = np.concatenate([lens, vals], axis=2).reshape(n_rows, n_cols * 12)
-    keep = np.ones((n_rows, n_cols, 12), dtype=bool)
-    keep[:, :, 4:] = block.mask[:, :, None]
-    full = np.concatenate([head, fields], axis=1)
-    keep_full = np.concatenate([np.ones((n_rows, 14), bool), keep.reshape(n_rows, -1)], axis=1)
-    return COPY_HEADER + full[keep_full].tobytes() + COPY_TRAILER
+    """PostgreSQL binary COPY of (created_time, col_0 … col_n) rows, built vectorised.
+
+    A blank cell is sent as NULL (length -1, no value). Every field of the format is a
+    whole number of 16-bit words, so the rows are built dense (``_copy_rows``), blank
+    cells' lengths set to -1 and their four value words dropped in one compress.
+    """
+    rows = _copy_rows(block)
+    if block.mask.all():
+        return COPY_HEADER + rows.tobytes() + COPY_TRAILER
+    n, k = block.values.shape
+    rows["c"]["len"] = np.where(block.mask, 8, -1)
+    keep = np.ones((n, 7 + 6 * k), dtype=bool)
+    keep[:, 7:].reshape(n, k, 6)[:, :, 2:] = block.mask[:, :, None]
+    return COPY_HEADER + rows.view(np.uint16).reshape(n, -1)[keep].tobytes() + COPY_TRAILER
 
 
 def encode_dense_copy(block: WideBlock) -> np.ndarray:
@@ -166,13 +181,6 @@ def encode_dense_copy(block: WideBlock) -> np.ndarray:
     skipped). Fixed-width rows make this one vectorised pass, ~30x faster than a NULL-aware
     encoding. Returns a structured array; send ``memoryview(rows).cast("B")``.
     """
-    n, k = block.values.shape
-    cell = np.dtype([("len", ">i4"), ("v", ">f8")])
-    row = np.dtype([("fields", ">i2"), ("tlen", ">i4"), ("t", ">i8"), ("c", cell, (k,))])
-    out = np.empty(n, row)
-    out["fields"] = k + 1
-    out["tlen"] = 8
-    out["t"] = block.times_us - _PG_EPOCH_US
-    out["c"]["len"] = 8
+    out = _copy_rows(block)
     out["c"]["v"] = np.where(block.mask, block.values, np.nan)
     return out

@@ -224,13 +224,15 @@ def window_is_empty(
 
 
 def copy_block(
-    conn: psycopg.Connection, into: sql.Composable, col_list: sql.Composable, block: WideBlock
+    conn: psycopg.Connection, into: sql.Composable, col_list: sql.Composable, block: WideBlock | bytes
 ) -> None:
-    """Binary COPY of ``block``'s rows into ``into`` (created_time first, then the columns)."""
+    """Binary COPY of ``block``'s rows into ``into`` (created_time first, then the columns);
+    ``block`` may be already encoded (``encode_copy_binary``), to send it to several tables."""
+    data = block if isinstance(block, bytes) else encode_copy_binary(block)
     with conn.cursor() as cur, cur.copy(
         sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(into, col_list)
     ) as copy:
-        copy.write(encode_copy_binary(block))
+        copy.write(data)
 
 
 @dataclass(frozen=True)
