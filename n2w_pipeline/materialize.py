@@ -21,10 +21,11 @@ import contextlib
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
+import numpy as np
 import polars as pl
 import psycopg
 from psycopg import sql
@@ -32,7 +33,7 @@ from psycopg import sql
 from n2w_pipeline.channels import TIME_COLUMN, ChannelCatalog, ChannelGroup
 from n2w_pipeline.config import Settings
 from n2w_pipeline.extract import NarrowReader
-from n2w_pipeline.pivot import ChannelCodes, pivot_coded, resolve_values
+from n2w_pipeline.pivot import ChannelCodes, WideBlock, pivot_coded, resolve_values
 from n2w_pipeline.write import (
     VALUE_ISSUES,
     WriteResult,
@@ -204,7 +205,7 @@ def _slice_body(
         .sort("hour", "channel")
     )
     blocks = pivot_coded(values, codes, groups)
-    stats.narrow_hours = _narrow_hours(known, corr, codes, ship, {g.number for g in groups})
+    stats.narrow_hours = _narrow_hours(known, blocks, codes, ship)
     del values, known
     for g in groups:
         stats.groups[g.number] = GroupStats()
@@ -222,28 +223,33 @@ def _slice_body(
     return stats
 
 
+_HOUR_US = 3_600_000_000
+
+
 def _narrow_hours(
-    known: pl.DataFrame, corr: pl.DataFrame, codes: ChannelCodes, ship: str, selected: set[int]
+    known: pl.DataFrame, blocks: Mapping[int, WideBlock], codes: ChannelCodes, ship: str
 ) -> dict[tuple[str, int], dict[dt.datetime, tuple[int, int]]]:
-    """Per selected group and hour: narrow rows read, and the wide rows they and the
-    corrections call for (distinct timestamps of either)."""
-    group_of = pl.Series("group", codes.group_of, dtype=pl.Int32)
-    narrow = known.select("created_time", group_of.gather(known.get_column("code")).alias("group"))
-    located = corr.join(codes.frame(), on="channel", how="inner")
-    corrected = located.select("created_time", group_of.gather(located.get_column("code")).alias("group"))
-    hour = pl.col("created_time").dt.truncate("1h").alias("hour")
-    rows = narrow.group_by("group", hour).agg(pl.len().alias("rows"))
-    expected = (
-        pl.concat([narrow, corrected]).unique()
-        .group_by("group", hour).agg(pl.len().alias("expected"))
-    )
-    per = (
-        expected.join(rows, on=["group", "hour"], how="left")
-        .filter(pl.col("group").is_in(list(selected)))
-    )
+    """Per group of ``blocks`` and hour: narrow rows read, and the wide rows the slice calls
+    for (its block's timestamps: narrow ∪ correction timestamps). Counted with NumPy from
+    arrays the slice has anyway (~10 ms for 1.5M rows)."""
     out: dict[tuple[str, int], dict[dt.datetime, tuple[int, int]]] = {}
-    for g, h, n_expected, n_rows in per.select("group", "hour", "expected", "rows").iter_rows():
-        out.setdefault((ship, g), {})[h] = (n_rows or 0, n_expected)
+    if known.height:
+        hours = known.get_column("created_time").cast(pl.Int64).to_numpy() // _HOUR_US
+        first = int(hours.min())
+        groups = codes.group_of[known.get_column("code").to_numpy()]
+    epoch = dt.datetime(1970, 1, 1)
+    for number, block in blocks.items():
+        per: dict[dt.datetime, tuple[int, int]] = {}
+        if known.height:
+            counts = np.bincount(hours[groups == number] - first)
+            for i in np.flatnonzero(counts):
+                per[epoch + dt.timedelta(hours=first + int(i))] = (int(counts[i]), 0)
+        expected_hours, expected = np.unique(block.times_us // _HOUR_US, return_counts=True)
+        for h, n in zip(expected_hours.tolist(), expected.tolist(), strict=True):
+            key = epoch + dt.timedelta(hours=h)
+            per[key] = (per.get(key, (0, 0))[0], n)
+        if per:
+            out[(ship, number)] = per
     return out
 
 
