@@ -41,9 +41,29 @@ def _ensure_database(admin_url: str, name: str) -> None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
+EMBEDDED_SETTINGS = {"max_wal_size": "8GB", "checkpoint_timeout": "15min"}
+"""Server settings n2w gives the embedded PostgreSQL (never an external one). A ship-week
+backfill writes ~3 GB of wide rows: with the default max_wal_size (1 GB) the server
+checkpointed every few seconds (270 WAL-triggered checkpoints in an hour of benchmarks)."""
+
+
+def _tune(admin_url: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        changed = False
+        for name, value in EMBEDDED_SETTINGS.items():
+            row = conn.execute("SELECT current_setting(%s)", (name,)).fetchone()
+            if not row or row[0] != value:
+                alter = sql.SQL("ALTER SYSTEM SET {} = {}")
+                conn.execute(alter.format(sql.Identifier(name), sql.Literal(value)))
+                changed = True
+        if changed:
+            conn.execute("SELECT pg_reload_conf()")
+
+
 def embedded_url(state_dir: Path, database: str = DATA_DB) -> str:
     """Start (or reuse) the embedded server and return a URL for ``database``."""
     server = _embedded_server(state_dir)
+    _tune(server.get_uri())
     _ensure_database(server.get_uri(), database)
     return server.get_uri(database)
 
