@@ -2,14 +2,14 @@
 
 ``value_format`` picks the column: Decimal → double_v, Integer → long_v, Boolean →
 1.0/0.0, String → the number it spells (surrounding whitespace ignored; it must look like
-a decimal number, ``^[+-]?(d+.?d*|.d+)([eE][+-]?d+)?$``, and fit a float8). A row gives no
+a decimal number, ``NUMBER_RE``, and fit a float8). A row gives no
 cell when its value is NULL, its format is unknown, its string is not a number, or its
 value is NaN/±Infinity (or a number string out of float8's range).
 
-The extraction evaluates the rule in the server, so rows reach the client as four fixed-
-width columns (no strings to transfer or parse): ``raw_value`` (may be NULL, NaN or
-±Infinity) and ``status``, which names the reasons the client cannot see in the value
-alone. The checks use ``cell_value`` (NULL where no cell) on the few rows they look at.
+The extraction evaluates the rule in the server, so rows reach the client as fixed-width
+fields (no strings to transfer or parse): ``raw_value`` (may be NULL, NaN or ±Infinity) and
+``status``, which names the reasons the client cannot see in the value alone. The checks
+use ``cell_value`` (NULL where no cell) on the few rows they look at.
 
 ``pg_input_is_valid`` (PostgreSQL 16) tests a string without raising; on older servers
 ``install`` creates a session-local PL/pgSQL stand-in, called only for String rows.
