@@ -748,6 +748,9 @@ def _existing_times(conn: psycopg.Connection, target: sql.Identifier, times_us: 
 
 
 def _take(plan: TablePlan, rows: np.ndarray) -> TablePlan:
+    """The plan with the block's ``rows`` (a boolean mask) only; no copy when all are kept."""
+    if rows.all():
+        return plan
     b = plan.block
     return replace(plan, block=WideBlock(b.times_us[rows], b.values[rows], b.mask[rows]))
 
