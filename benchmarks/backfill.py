@@ -42,11 +42,10 @@ from psycopg import sql
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from n2w_pipeline import value_rule  # noqa: E402
 from n2w_pipeline.channels import ChannelCatalog, load_catalog  # noqa: E402
 from n2w_pipeline.config import Settings  # noqa: E402
 from n2w_pipeline.database import dagster_storage_url, database_url  # noqa: E402
-from n2w_pipeline.extract import CODE_TABLE, copy_extract_query  # noqa: E402
+from n2w_pipeline.extract import NarrowReader  # noqa: E402
 from n2w_pipeline.generate import generate  # noqa: E402
 from n2w_pipeline.write import ensure_wide_table  # noqa: E402
 
@@ -133,37 +132,24 @@ def is_superuser(conn: psycopg.Connection) -> bool:
 
 # ---------------------------------------------------------------- methods
 
-def ceiling(conn: psycopg.Connection, settings: Settings, catalog: ChannelCatalog,
+def ceiling(url: str, settings: Settings, catalog: ChannelCatalog, superuser: bool,
             start: dt.datetime, end: dt.datetime) -> dict:
-    """Server producing the extraction's binary COPY, one day per statement, no client."""
-    with conn.transaction():
-        query = copy_extract_query(settings, value_rule.install(conn.execute, conn.info.server_version))
-        conn.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (channel text, code int4)").format(
-            sql.Identifier(CODE_TABLE)))
-        conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(CODE_TABLE)))
-        channels = [ch for g in catalog.groups for ch in g.channels]
-        with conn.cursor() as cur, cur.copy(
-                sql.SQL("COPY {} (channel, code) FROM STDIN").format(sql.Identifier(CODE_TABLE))) as cp:
-            for code, ch in enumerate(channels):
-                cp.write_row((ch, code))
-        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(CODE_TABLE)))
-    to_null = is_superuser(conn)
-    t0 = time.perf_counter()
-    day = start
-    while day < end:
-        nxt = min(day + DAY, end)
-        with conn.transaction():
-            conn.execute("SELECT set_config('n2w.ship', %s, true), set_config('n2w.start', %s, true), "
-                         "set_config('n2w.end', %s, true)", (SHIP, day.isoformat(), nxt.isoformat()))
-            if to_null:
-                conn.execute(f"COPY ({query}) TO '/dev/null' (FORMAT binary)")
+    """Server producing the extraction's binary COPY (``NarrowReader.discard``), one day per
+    statement, no client; without superuser rights the reader's whole read instead."""
+    channels = [ch for g in catalog.groups for ch in g.channels]
+    with NarrowReader(url, settings, channels) as reader:
+        t0 = time.perf_counter()
+        day = start
+        while day < end:
+            nxt = min(day + DAY, end)
+            if superuser:
+                reader.discard(SHIP, day, nxt)
             else:
-                with conn.cursor() as cur, cur.copy(f"COPY ({query}) TO STDOUT (FORMAT binary)") as cp:
-                    for _ in cp:
-                        pass
-        day = nxt
-    return {"seconds": time.perf_counter() - t0,
-            "how": "COPY (extract) TO '/dev/null'" if to_null else "COPY (extract) TO STDOUT, drained"}
+                reader.read(SHIP, day, nxt)
+            day = nxt
+        seconds = time.perf_counter() - t0
+    return {"seconds": seconds,
+            "how": "COPY (extract) TO '/dev/null'" if superuser else "ADBC read, client parsing included"}
 
 
 def crosstab(conn: psycopg.Connection, settings: Settings, catalog: ChannelCatalog,
@@ -407,7 +393,7 @@ def main() -> int:
         print(f"data: {week_rows:,} narrow rows in {SOURCE} for {SHIP} "
               f"{START:%Y-%m-%d} .. {week_end:%Y-%m-%d}")
 
-        r = ceiling(conn, settings, catalog, START, week_end)
+        r = ceiling(url, settings, catalog, is_superuser(conn), START, week_end)
         line(f"extraction ceiling ({r['how']})", week_rows, r["seconds"])
         cross = replace(settings, target_schema=CROSSTAB)
         fresh_tables(conn, cross, catalog)

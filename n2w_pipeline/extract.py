@@ -143,16 +143,24 @@ class NarrowReader:
 
     def read(self, ship: str, start: dt.datetime, end: dt.datetime) -> pl.DataFrame:
         """All narrow rows of ``ship`` with ``start <= created_time < end`` (CODED_SCHEMA)."""
+        return decode(self._run(ship, start, end, self._query, fetch=True))
+
+    def discard(self, ship: str, start: dt.datetime, end: dt.datetime) -> None:
+        """The server's half of ``read`` alone: the same query ``COPY … TO '/dev/null'``
+        (superuser only). For measuring the extraction ceiling."""
+        self._run(ship, start, end, f"COPY ({self._query}) TO '/dev/null' (FORMAT binary)", fetch=False)
+
+    def _run(self, ship: str, start: dt.datetime, end: dt.datetime, statement: str, fetch: bool) -> object:
         cur = self._conn.cursor()
         try:
             cur.execute(_WINDOW_SQL, (ship, start.isoformat(), end.isoformat()))
             cur.fetchall()
-            cur.execute(self._query)
-            table = cur.fetch_arrow_table()
+            cur.execute(statement)
+            table = cur.fetch_arrow_table() if fetch else None
         finally:
             cur.close()
         self._conn.commit()  # end the read transaction: the next slice gets a new snapshot
-        return decode(table)
+        return table
 
     def close(self) -> None:
         self._conn.close()
