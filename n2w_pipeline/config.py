@@ -114,6 +114,8 @@ class Settings:
     """N2W_HULLS: hull → IMO map for correction files, HULL=IMO,..."""
     csv_time_offset_hours: float = 0.0
     """N2W_CSV_TIME_OFFSET_HOURS: added to CSV timestamps to reach created_time's clock."""
+    correction_workers: int = 2
+    """N2W_CORRECTION_WORKERS: connections a large correction file is written on side by side."""
     state_dir: Path = Path(".n2w")
     """N2W_STATE_DIR: embedded PostgreSQL data and Dagster local state."""
     slice_hours: int = 6
@@ -175,7 +177,8 @@ class Settings:
             if v not in ("id", "server_created_time"):
                 raise ValueError(f"N2W_REALTIME_CURSOR_COLUMN must be id or server_created_time, got {v!r}")
             kw["realtime_cursor"] = v
-        for name in ("slice_hours", "run_hours", "realtime_interval_seconds", "realtime_batch_rows"):
+        for name in ("slice_hours", "run_hours", "realtime_interval_seconds", "realtime_batch_rows",
+                     "correction_workers"):
             if (v := get(name.upper())) is not None:
                 kw[name] = int(v)
                 if kw[name] < 1:

@@ -12,19 +12,21 @@ Three layers, each usable alone:
 * parsing: ``parse_csv`` (pure: bytes → one Float64 column per channel, good rows only,
   every skipped row and bad cell counted with its line) and ``plan_tables`` (pure: which
   wide table and column each channel lands in, as ``WideBlock``s);
-* the database: ``apply_file`` writes a file in ONE transaction — per-(ship, hour) advisory
-  locks on every hour the file touches, then per channel group: the block binary-COPYed
-  into a temporary stage, merged into the group's *corrections shadow table*
+* the database: ``apply_file`` writes a file in hour ranges (one range for a small file,
+  up to ``settings.correction_workers`` ranges side by side on their own connections for a
+  large one), each ONE transaction: per-(ship, hour) advisory locks on the range's hours,
+  then per channel group the cells go into the group's *corrections shadow table*
   (``<wide table>_corr``: same ``created_time`` key and column names as the wide table,
   one column per channel a correction has used, NULL = no correction; the durable overlay
   that every later narrow → wide run re-applies, so backfills and realtime runs never
-  undo a correction), then merged into the wide table: ``INSERT … ON CONFLICT DO UPDATE``
-  setting only the file's columns to ``COALESCE(new, old)``, so a blank cell keeps the
-  old value, skipping rows that would not change. Stage rows whose corrections are all
-  stored already are skipped for both tables, so applying a file twice is a no-op.
-  Timestamps that neither table has yet skip the stage: they are binary-COPYed straight
-  into both (nothing to merge with under the hour locks). The file is recorded in
-  ``n2w_correction_files`` (sha256, rows, cells).
+  undo a correction) and into the wide table, setting only the file's columns to
+  ``COALESCE(new, old)`` (a blank cell keeps the old value) and skipping rows that would
+  not change. Each timestamp takes the cheapest path its existence allows: new to both
+  tables → binary COPY into both; in the wide table only → staged, inserted into the
+  shadow, wide row updated; in the shadow → staged, and only cells that add or change a
+  correction merged into both (so applying a file twice is a no-op). The file is then
+  recorded in ``n2w_correction_files`` (sha256, rows, cells). If one range fails, the
+  others stay committed and applying the file again writes the rest.
   ``apply_file(dry_run=True)`` computes the same counts with read-only queries and writes
   nothing.
 
@@ -43,7 +45,8 @@ import itertools
 import json
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -571,14 +574,10 @@ class FileReport:
 _NAN = sql.SQL("'NaN'::float8")
 
 
-def _stage_name(plan: TablePlan) -> sql.Identifier:
-    return sql.Identifier(f"n2w_corr_stage_{plan.group.number}")
-
-
-def _stage(conn: psycopg.Connection, plan: TablePlan) -> sql.Identifier:
+def _stage(conn: psycopg.Connection, plan: TablePlan, kind: str = "stage") -> sql.Identifier:
     """A temporary table (dropped at commit) holding the plan's block, loaded by binary COPY;
     blank cells are NaN there (see ``encode_dense_copy``)."""
-    stage = _stage_name(plan)
+    stage = sql.Identifier(f"n2w_corr_{kind}_{plan.group.number}")
     cols = [sql.Identifier(c) for c in plan.columns]
     conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(stage))
     conn.execute(
@@ -636,6 +635,33 @@ SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FR
     row = conn.execute(q).fetchone()
     assert row is not None
     return int(row[0]), int(row[1])
+
+
+def _update(conn: psycopg.Connection, target: sql.Identifier, plan: TablePlan, stage: sql.Identifier) -> int:
+    """Update the ``target`` rows the stage has (the caller knows they all exist): only the
+    file's columns, ``COALESCE(new, old)``, rows that would not change untouched; returns
+    the rows updated. Cheaper than ``_merge``'s upsert (no speculative insertion and tuple
+    lock per row), which matters for 5 kB rows."""
+    cols = [sql.Identifier(c) for c in plan.columns]
+    news = _staged(plan, "s")
+    olds = [sql.SQL("t.{}").format(c) for c in cols]
+    merged, _, _ = _merge_terms(news, olds)
+    q = sql.SQL(
+        "UPDATE {target} AS t SET {assign} FROM {stage} AS s "
+        "WHERE t.{time} = s.{time} AND ROW({old}) IS DISTINCT FROM ROW({new})"
+    ).format(
+        target=target, stage=stage, time=sql.Identifier(TIME_COLUMN),
+        assign=sql.SQL(", ").join(sql.SQL("{} = {}").format(c, m) for c, m in zip(cols, merged, strict=True)),
+        old=sql.SQL(", ").join(olds), new=sql.SQL(", ").join(merged),
+    )
+    # one index probe per stage row: a hash join would deform every wide row of the table
+    conn.execute("SET LOCAL enable_hashjoin = off")
+    conn.execute("SET LOCAL enable_mergejoin = off")
+    try:
+        return conn.execute(q).rowcount
+    finally:
+        conn.execute("RESET enable_hashjoin")
+        conn.execute("RESET enable_mergejoin")
 
 
 def _merge_terms(
@@ -755,55 +781,91 @@ def _take(plan: TablePlan, rows: np.ndarray) -> TablePlan:
     return replace(plan, block=WideBlock(b.times_us[rows], b.values[rows], b.mask[rows]))
 
 
-def _apply_table(
-    conn: psycopg.Connection, plan: TablePlan, rep: TableReport,
-    shadow: sql.Identifier, wide: sql.Identifier, phase: dict[str, float],
-) -> tuple[int, int]:
-    """Write one table's block into its shadow and wide tables (under the caller's hour
-    locks); fills ``rep``'s inserted/updated rows, returns (correction cells newly set,
-    changed).
+@dataclass
+class _Counts:
+    """What writing one block did: wide rows inserted / updated, correction cells newly
+    set / changed."""
 
-    Timestamps that neither table has yet (a file of missing data) are binary-COPYed
-    straight into both: under the hour locks nobody else adds rows to those hours, so
-    there is nothing to merge with. The others go through a stage: the rows that add or
-    change a correction are merged into the shadow table, then into the wide table."""
+    inserted: int = 0
+    updated: int = 0
+    added: int = 0
+    changed: int = 0
+
+    def __iadd__(self, other: _Counts) -> _Counts:
+        self.inserted += other.inserted
+        self.updated += other.updated
+        self.added += other.added
+        self.changed += other.changed
+        return self
+
+
+def _apply_table(
+    conn: psycopg.Connection, plan: TablePlan,
+    shadow: sql.Identifier, wide: sql.Identifier, phase: dict[str, float],
+) -> _Counts:
+    """Write one table's block into its shadow and wide tables (under the caller's hour
+    locks).
+
+    Each timestamp takes the cheapest path its existence allows (under the hour locks
+    nobody else adds rows to those hours):
+
+    * in neither table (missing data): binary-COPYed straight into both;
+    * in the wide table only (a first correction): COPYed into a stage, inserted from
+      there into the shadow table, and the wide rows updated from it;
+    * in the shadow table (corrected before): staged, and the rows that add or change a
+      correction merged into the shadow and the wide table (none when the file was applied
+      before: a no-op).
+    """
     t = time.perf_counter()
     times = plan.block.times_us
     # the shadow first: it is narrow (cheap to scan), and once a file was applied it holds
     # every timestamp, so the wide table (~5 kB rows) need not be read at all
-    new = ~np.isin(times, _existing_times(conn, shadow, times), assume_unique=True)
-    if new.any():
-        candidates = times[new]
-        new[new] = ~np.isin(candidates, _existing_times(conn, wide, candidates), assume_unique=True)
+    in_shadow = np.isin(times, _existing_times(conn, shadow, times), assume_unique=True)
+    in_wide = in_shadow.copy()  # a shadow row always has its wide row (one transaction)
+    if not in_shadow.all():
+        rest = times[~in_shadow]
+        in_wide[~in_shadow] = np.isin(rest, _existing_times(conn, wide, rest), assume_unique=True)
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in (TIME_COLUMN, *plan.columns))
-    fresh = _take(plan, new)
-    ci = cu = 0
+    n = _Counts()
+    fresh = _take(plan, ~in_wide)
     if fresh.block.rows:
         data = encode_copy_binary(fresh.block)
         for target in (shadow, wide):
             copy_block(conn, target, cols, data)
-        rep.inserted += fresh.block.rows
-        ci += fresh.block.cells
+        n.inserted += fresh.block.rows
+        n.added += fresh.block.cells
     phase["copy"] += time.perf_counter() - t
-    rest = _take(plan, ~new)
-    if not rest.block.rows:
-        return ci, cu
+    first = _take(plan, in_wide & ~in_shadow)
+    if first.block.rows:
+        t = time.perf_counter()
+        stage = _stage(conn, first, "first")
+        conn.execute(sql.SQL("INSERT INTO {} ({}) SELECT {}, {} FROM {}").format(
+            shadow, cols, sql.Identifier(TIME_COLUMN), sql.SQL(", ").join(_staged(first)), stage))
+        n.added += first.block.cells
+        phase["stage"] += time.perf_counter() - t
+        t = time.perf_counter()
+        n.updated += _update(conn, wide, first, stage)
+        phase["wide"] += time.perf_counter() - t
+    again = _take(plan, in_shadow)
+    if not again.block.rows:
+        return n
     t = time.perf_counter()
-    stage = _stage(conn, rest)
+    stage = _stage(conn, again)
     phase["stage"] += time.perf_counter() - t
     t = time.perf_counter()
-    source, added, changed = _shadow_delta(conn, shadow, rest, stage)
-    ci, cu = ci + added, cu + changed
+    source, added, changed = _shadow_delta(conn, shadow, again, stage)
+    n.added += added
+    n.changed += changed
     if source is not None:
-        _merge(conn, shadow, rest, source)
+        _merge(conn, shadow, again, source)
     phase["shadow"] += time.perf_counter() - t
     t = time.perf_counter()
     if source is not None:  # None: every cell is stored already (the file was applied)
-        inserted, updated = _merge(conn, wide, rest, source)
-        rep.inserted += inserted
-        rep.updated += updated
+        inserted, updated = _merge(conn, wide, again, source)
+        n.inserted += inserted
+        n.updated += updated
     phase["wide"] += time.perf_counter() - t
-    return ci, cu
+    return n
 
 
 def hour_runs(times_us: Iterable[np.ndarray]) -> list[tuple[dt.datetime, dt.datetime]]:
@@ -824,6 +886,101 @@ def hour_runs(times_us: Iterable[np.ndarray]) -> list[tuple[dt.datetime, dt.date
     return [(epoch + dt.timedelta(hours=a), epoch + dt.timedelta(hours=b)) for a, b in runs]
 
 
+PART_MIN_ROWS = 20_000
+"""A file is split into parallel parts only when each part gets at least this many rows."""
+
+
+def split_hours(times_us: Iterable[np.ndarray], parts: int) -> list[tuple[int, int]]:
+    """Cut the hours the timestamps touch into at most ``parts`` contiguous ranges
+    ``[first hour, end hour)`` (hours since 1970) holding about as many rows each, each
+    with at least ``PART_MIN_ROWS`` rows (a small file is one range). Pure."""
+    arrays = [a for a in times_us if a.size]
+    if not arrays:
+        return []
+    hours, counts = np.unique(np.concatenate(arrays) // 3_600_000_000, return_counts=True)
+    total = int(counts.sum())
+    parts = max(1, min(parts, total // PART_MIN_ROWS))
+    cum = np.cumsum(counts)
+    cuts = sorted({int(np.searchsorted(cum, total * k / parts)) + 1 for k in range(1, parts)})
+    edges = [0, *[c for c in cuts if 0 < c < len(hours)], len(hours)]
+    return [(int(hours[a]), int(hours[b - 1]) + 1) for a, b in itertools.pairwise(edges) if b > a]
+
+
+def _hour(h: int) -> str:
+    return f"{dt.datetime(1970, 1, 1) + dt.timedelta(hours=h):%Y-%m-%d %H:00}"
+
+
+def _in_hours(plan: TablePlan, hours: tuple[int, int]) -> TablePlan:
+    h = plan.block.times_us // 3_600_000_000
+    return _take(plan, (h >= hours[0]) & (h < hours[1]))
+
+
+def _write_part(
+    conn: psycopg.Connection, ship: str, plans: list[TablePlan],
+    targets: list[tuple[sql.Identifier, sql.Identifier]], hours: tuple[int, int],
+) -> tuple[list[_Counts], dict[str, float]]:
+    """One transaction writing the plans' rows within ``hours``: the (ship, hour) locks of
+    those hours, in order, then ``_apply_table`` per table. Returns counts per table and
+    seconds per phase."""
+    phase = dict.fromkeys(("copy", "stage", "shadow", "wide"), 0.0)
+    part = [_in_hours(p, hours) for p in plans]
+    counts = [_Counts() for _ in plans]
+    with conn.transaction():
+        for start, end in hour_runs(p.block.times_us for p in part):
+            lock_hours(conn, ship, start, end)
+        for p, (shadow, wide), n in zip(part, targets, counts, strict=True):
+            if p.block.rows:
+                n += _apply_table(conn, p, shadow, wide, phase)
+    return counts, phase
+
+
+def _write_parts(
+    conn: psycopg.Connection, connect: Callable[[], psycopg.Connection] | None, workers: int,
+    ship: str, plans: list[TablePlan], targets: list[tuple[sql.Identifier, sql.Identifier]],
+) -> tuple[list[_Counts], dict[str, float], int]:
+    """Write the plans in hour ranges (``split_hours``), side by side on ``workers``
+    connections (``conn`` and new ones from ``connect``), one transaction per range.
+
+    Ranges are disjoint, so the parts never wait for each other's hour locks, and every
+    (ship, hour) is written whole by one transaction: the shadow and the wide table of an
+    hour always change together. If a part fails, the others still commit; the error
+    says which hours did, and applying the file again writes the rest (what is stored
+    already is a no-op). Returns counts per table, seconds per phase summed over the
+    parts, and the number of parts."""
+    ranges = split_hours((p.block.times_us for p in plans), workers if connect else 1)
+    if not ranges:
+        return [_Counts() for _ in plans], {}, 0
+
+    def run(i: int) -> tuple[list[_Counts], dict[str, float]]:
+        if i == 0:
+            return _write_part(conn, ship, plans, targets, ranges[0])
+        assert connect is not None
+        with connect() as extra:
+            return _write_part(extra, ship, plans, targets, ranges[i])
+
+    with ThreadPoolExecutor(max_workers=len(ranges), thread_name_prefix="n2w-corr") as pool:
+        futures = [pool.submit(run, i) for i in range(len(ranges))]
+        wait(futures)
+    failed = [(i, f.exception()) for i, f in enumerate(futures) if f.exception()]
+    if failed:
+        error = failed[0][1]
+        assert error is not None
+        bad = {i for i, _ in failed}
+        done = [f"{_hour(a)} to {_hour(b)}" for i, (a, b) in enumerate(ranges) if i not in bad]
+        error.add_note(
+            f"{len(failed)} of {len(ranges)} parts failed; committed: {', '.join(done) or 'none'}; "
+            "applying the file again writes the rest")
+        raise error
+    counts = [_Counts() for _ in plans]
+    phase: dict[str, float] = {}
+    for part_counts, part_phase in (f.result() for f in futures):
+        for total, n in zip(counts, part_counts, strict=True):
+            total += n
+        for k, v in part_phase.items():
+            phase[k] = phase.get(k, 0.0) + v
+    return counts, phase, len(ranges)
+
+
 def apply_parsed(
     conn: psycopg.Connection,
     settings: Settings,
@@ -834,18 +991,21 @@ def apply_parsed(
     *,
     dry_run: bool = False,
     timings: dict[str, float] | None = None,
+    connect: Callable[[], psycopg.Connection] | None = None,
 ) -> FileReport:
-    """Write (or dry-run) a parsed file. ``conn`` must be in autocommit mode.
+    """Write (or dry-run) a parsed file. ``conn`` must be in autocommit mode; ``connect``
+    (optional) opens more such connections for writing parts of the file side by side.
 
-    Real run: one transaction — advisory locks on every (ship, hour) the file touches, in
-    hour order (the same locks the narrow → wide runs take), then per table
-    (``_apply_table``): COPY the timestamps new to both tables straight into both, the
-    others into a temporary stage, keep the stage rows that add or change a correction
-    (counting those cells), merge them into the table's corrections shadow table and into
-    the wide table (only the file's columns, blank keeps the old value, unchanged rows
-    untouched), and record the file in n2w_correction_files. Dry run: the same stage and
-    read-only counts against both tables, rolled back; no table is created. ``timings``
-    (if given) receives seconds per phase.
+    Real run: the file's hours are cut into up to ``settings.correction_workers`` ranges
+    of about equal rows (``_write_parts``), each written in one transaction: advisory locks
+    on its (ship, hour)s, in hour order (the same locks the narrow → wide runs take), then
+    per table (``_apply_table``) COPY the timestamps new to both tables into both, the
+    others through a temporary stage, storing the cells that add or change a correction in
+    the table's corrections shadow table and the wide table (only the file's columns,
+    blank keeps the old value, unchanged rows untouched). Then the file is recorded in
+    n2w_correction_files. Dry run: the same stage and read-only counts against both
+    tables, rolled back; no table is created. ``timings`` (if given) receives seconds per
+    phase (summed over the parts) and ``parts``.
     """
     t0 = time.perf_counter()
     plan = plan_tables(parsed, catalog)
@@ -860,24 +1020,11 @@ def apply_parsed(
     phase = dict.fromkeys(("plan", "prepare", "copy", "stage", "shadow", "wide"), 0.0)
     phase["plan"] = time.perf_counter() - t0
     corr_ins = corr_upd = 0
-    if not dry_run:
-        t = time.perf_counter()
-        ensure_support_tables(conn, settings)
-        for p, shadow in zip(plan.tables, shadows, strict=True):
-            ensure_wide_table(conn, settings, p.group, ship)
-            # the shadow gets only the columns corrections use (added as files need them):
-            # inserting into a 655-column table costs twice as much as into a narrow one
-            used = replace(p.group, channels=p.channels, columns=p.columns)
-            ensure_wide_table(conn, settings, used, ship, table=shadow)
-        phase["prepare"] = time.perf_counter() - t
-    with conn.transaction(force_rollback=dry_run):
-        if not dry_run:
-            for start, end in hour_runs(p.block.times_us for p in plan.tables):
-                lock_hours(conn, ship, start, end)
-        for p, rep, shadow in zip(plan.tables, reports, shadows, strict=True):
-            if not p.block.rows:
-                continue
-            if dry_run:
+    if dry_run:
+        with conn.transaction(force_rollback=True):
+            for p, rep, shadow in zip(plan.tables, reports, shadows, strict=True):
+                if not p.block.rows:
+                    continue
                 t = time.perf_counter()
                 stage = _stage(conn, p)
                 phase["stage"] += time.perf_counter() - t
@@ -887,12 +1034,28 @@ def apply_parsed(
                 t = time.perf_counter()
                 rep.inserted, rep.updated, _, _ = _compare(conn, schema, rep.table, p, stage)
                 phase["wide"] += time.perf_counter() - t
-            else:
-                ci, cu = _apply_table(conn, p, rep, sql.Identifier(schema, shadow),
-                                      sql.Identifier(schema, rep.table), phase)
-            corr_ins += ci
-            corr_upd += cu
-        if not dry_run and plan.tables:
+                corr_ins += ci
+                corr_upd += cu
+    else:
+        t = time.perf_counter()
+        ensure_support_tables(conn, settings)
+        for p, shadow in zip(plan.tables, shadows, strict=True):
+            ensure_wide_table(conn, settings, p.group, ship)
+            # the shadow gets only the columns corrections use (added as files need them):
+            # inserting into a 655-column table costs twice as much as into a narrow one
+            used = replace(p.group, channels=p.channels, columns=p.columns)
+            ensure_wide_table(conn, settings, used, ship, table=shadow)
+        phase["prepare"] = time.perf_counter() - t
+        targets = [(sql.Identifier(schema, shadow), sql.Identifier(schema, rep.table))
+                   for shadow, rep in zip(shadows, reports, strict=True)]
+        counts, part_phase, phase["parts"] = _write_parts(
+            conn, connect, settings.correction_workers, ship, plan.tables, targets)
+        phase.update(part_phase)
+        for rep, n in zip(reports, counts, strict=True):
+            rep.inserted, rep.updated = n.inserted, n.updated
+            corr_ins += n.added
+            corr_upd += n.changed
+        if plan.tables:
             _record_file(conn, settings, cfile, sha256, parsed.frame.height,
                          sum(p.block.cells for p in plan.tables))
     if timings is not None:
@@ -922,10 +1085,13 @@ def apply_file(
     *,
     dry_run: bool = False,
     timings: dict[str, float] | None = None,
+    connect: Callable[[], psycopg.Connection] | None = None,
 ) -> FileReport:
     """Check, parse and apply (or dry-run) one file; ``CorrectionFileError`` if rejected.
 
-    ``timings`` (if given) receives seconds per phase: read, parse, then ``apply_parsed``'s."""
+    ``connect`` opens the extra connections a large file is written with (see
+    ``apply_parsed``); without it the file is written on ``conn`` alone. ``timings`` (if
+    given) receives seconds per phase: read, parse, then ``apply_parsed``'s."""
     t0 = time.perf_counter()
     cfile = locate_file(settings, path)
     try:
@@ -936,7 +1102,8 @@ def apply_file(
     t1 = time.perf_counter()
     parsed = parse_csv(data, cfile.key, settings.csv_time_offset_hours)
     t2 = time.perf_counter()
-    report = apply_parsed(conn, settings, catalog, cfile, parsed, sha, dry_run=dry_run, timings=timings)
+    report = apply_parsed(conn, settings, catalog, cfile, parsed, sha, dry_run=dry_run, timings=timings,
+                          connect=connect)
     if timings is not None:
         timings.update(read=t1 - t0, parse=t2 - t1)
     report.seconds = time.perf_counter() - t0

@@ -57,11 +57,13 @@ def run(args: argparse.Namespace) -> int:
     catalog = load_catalog(settings.channel_lists_dir)
     rejected = 0
     reports = []
-    with psycopg.connect(database_url(settings), autocommit=True) as conn:
+    url = database_url(settings)
+    with psycopg.connect(url, autocommit=True) as conn:
         for path in paths:
             try:
                 locate_file(settings, path)
-                report = apply_file(conn, settings, catalog, path, dry_run=args.dry_run)
+                report = apply_file(conn, settings, catalog, path, dry_run=args.dry_run,
+                                    connect=lambda: psycopg.connect(url, autocommit=True))
             except CorrectionFileError as e:
                 rejected += 1
                 if args.json:

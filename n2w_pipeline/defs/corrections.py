@@ -95,18 +95,20 @@ def build_correction_asset(settings: Settings, catalog: ChannelCatalog) -> dg.As
         ),
     )
     def csv_corrections(context: dg.AssetExecutionContext, config: CorrectionConfig, n2w_db: N2WDatabase):
-        """Apply one correction file (the partition) in one transaction, or dry-run it.
+        """Apply one correction file (the partition), or dry-run it.
 
         Locks every (ship, hour) the file touches, upserts its non-blank cells into the
-        corrections shadow tables and the wide tables; applying the same file again changes
-        nothing.
+        corrections shadow tables and the wide tables, in one transaction per hour range (a
+        large file is written in N2W_CORRECTION_WORKERS ranges side by side); applying the
+        same file again changes nothing, and completes a run that failed half-way.
         A dry run records an observation with the same numbers and no materialisation.
         """
         path = settings.migration_dir / context.partition_key
         url = n2w_db.resolve_url(settings)
         try:
             with psycopg.connect(url, autocommit=True) as conn:
-                report = apply_file(conn, settings, catalog, path, dry_run=config.dry_run)
+                report = apply_file(conn, settings, catalog, path, dry_run=config.dry_run,
+                                    connect=lambda: psycopg.connect(url, autocommit=True))
         except CorrectionFileError as e:
             raise dg.Failure(description=f"rejected: {e}", metadata={"file": context.partition_key},
                              allow_retries=False) from None
