@@ -1,12 +1,15 @@
 """CSV corrections: n2w's apply vs the row-by-row executemany upsert it replaces.
 
 Generates a correction file (default 140,000 rows x 90 channels at 15 s, ~2 % blank
-cells) into a scratch schema whose wide tables already hold full rows for part of the
-file's timestamps, then times, in the same run:
+cells) and, per case, a scratch schema whose wide tables already hold full rows for a
+share of the file's timestamps (default cases: 0 %, i.e. missing data; 50 %; 100 %, i.e.
+corrections of stored data), then times, in the same run:
 
-* n2w: parse (Polars) + one transaction (hour locks, binary-COPY stage, merge into the
-  corrections shadow tables ``<wide table>_corr``, merge into the wide tables), then the
-  same file again (a no-op), each with its time split by phase;
+* n2w: parse (Polars) + the write (hour ranges on N2W_CORRECTION_WORKERS connections, each
+  one transaction: hour locks, COPY / stage, corrections shadow tables ``<wide table>_corr``,
+  wide tables), then the same file again (a no-op), each with its time split by phase;
+* floor: stage the stored rows and one plain ``UPDATE … FROM`` per wide table, one
+  connection, rolled back: what PostgreSQL needs just to rewrite those rows;
 * baseline: csv.DictReader + one ``executemany`` ``INSERT … ON CONFLICT DO UPDATE`` per
   table, batches of 50,000, on the first --baseline-rows rows (rolled back), extrapolated
   linearly to the whole file.
@@ -37,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from n2w_pipeline.channels import TIME_COLUMN, load_catalog  # noqa: E402
 from n2w_pipeline.config import Settings  # noqa: E402
-from n2w_pipeline.corrections import apply_file, parse_csv  # noqa: E402
+from n2w_pipeline.corrections import apply_file, parse_csv, plan_tables  # noqa: E402
 from n2w_pipeline.database import database_url, redact  # noqa: E402
 from n2w_pipeline.pivot import WideBlock  # noqa: E402
 from n2w_pipeline.write import copy_block, ensure_support_tables, ensure_wide_table  # noqa: E402
@@ -133,83 +136,149 @@ def baseline(conn: psycopg.Connection, settings: Settings, catalog, path: Path, 
     return time.perf_counter() - t0
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=140_000, help="file rows (default 140,000)")
-    ap.add_argument("--channels", type=int, default=90, help="channel columns (default 90)")
-    ap.add_argument("--blank-pct", type=float, default=2.0, help="blank cells, %% (default 2)")
-    ap.add_argument("--prefill-pct", type=float, default=50.0,
-                    help="share of the file's timestamps already in the wide tables, %% (default 50)")
-    ap.add_argument("--baseline-rows", type=int, default=5_000,
-                    help="rows the row-by-row baseline runs on, extrapolated (default 5,000)")
-    ap.add_argument("--seed", type=int, default=1)
-    args = ap.parse_args(argv)
+def floor_update(conn: psycopg.Connection, settings: Settings, catalog, parsed, stored_until_us: int,  # noqa: ANN001
+                 ) -> tuple[float, int]:
+    """What PostgreSQL alone needs for the file's stored rows: stage them (binary COPY) and
+    one plain ``UPDATE … FROM`` per wide table setting the file's columns, on one
+    connection, no shadow table, no checks; rolled back. Returns (seconds, rows updated)."""
+    plan = plan_tables(parsed, catalog)
+    rows = 0
+    t0 = time.perf_counter()
+    with conn.transaction(force_rollback=True):
+        conn.execute("SET LOCAL enable_hashjoin = off")
+        conn.execute("SET LOCAL enable_mergejoin = off")
+        for p in plan.tables:
+            keep = p.block.times_us < stored_until_us
+            if not keep.any():
+                continue
+            b = p.block
+            cols = [sql.Identifier(c) for c in p.columns]
+            stage = sql.Identifier(f"floor_{p.group.number}")
+            conn.execute(sql.SQL("CREATE TEMP TABLE {} ({} timestamp, {}) ON COMMIT DROP").format(
+                stage, sql.Identifier(TIME_COLUMN),
+                sql.SQL(", ").join(sql.SQL("{} float8").format(c) for c in cols)))
+            copy_block(conn, stage, sql.SQL(", ").join([sql.Identifier(TIME_COLUMN), *cols]),
+                       WideBlock(b.times_us[keep], b.values[keep], b.mask[keep]))
+            rows += conn.execute(sql.SQL("UPDATE {} AS t SET {} FROM {} AS s WHERE t.{} = s.{}").format(
+                sql.Identifier(settings.target_schema, settings.table_name(SHIP, p.group.number)),
+                sql.SQL(", ").join(sql.SQL("{0} = COALESCE(s.{0}, t.{0})").format(c) for c in cols),
+                stage, sql.Identifier(TIME_COLUMN), sql.Identifier(TIME_COLUMN))).rowcount
+    return time.perf_counter() - t0, rows
 
-    base = Settings.from_env()
-    url = database_url(base)
+
+def checkpoint(conn: psycopg.Connection) -> None:
+    """Start a timed section as a table written long ago would: after a checkpoint, so the
+    first change of each page writes a full-page image to the WAL, as in production."""
+    try:
+        conn.execute("CHECKPOINT")
+    except psycopg.errors.InsufficientPrivilege:
+        print("  (CHECKPOINT not allowed for this role: timings may miss full-page writes)")
+
+
+PHASES = (("read", "read file + sha256"), ("parse", "parse (Polars)"),
+          ("plan", "split by group (numpy)"), ("prepare", "ensure tables (DDL)"),
+          ("copy", "new to both tables: existence + COPY into both"),
+          ("stage", "others: stage (+ shadow insert of first corrections)"),
+          ("shadow", "corrected before: compare + merge shadow"),
+          ("wide", "wide tables: update / merge"))
+
+
+def run_case(url: str, base: Settings, args: argparse.Namespace, pct: float) -> dict[str, object]:
+    """One prefill case in its own scratch schema: n2w, the same file again, the floor, the
+    row-by-row baseline."""
     schema = f"n2w_bench_corr_{os.getpid()}"
     tmp = Path(tempfile.mkdtemp(prefix="n2w-bench-corr-"))
     settings = replace(base, target_schema=schema, migration_dir=tmp, hulls={HULL: SHIP},
                        csv_time_offset_hours=0.0)
     catalog = load_catalog(settings.channel_lists_dir)
     channels = pick_channels(catalog, args.channels)
-    print(f"database {redact(url)}, scratch schema {schema}; load average "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} (2 cores: other jobs slow every figure)")
-    with psycopg.connect(url, autocommit=True) as conn:
+    out: dict[str, object] = {"pct": pct}
+
+    def connect() -> psycopg.Connection:
+        return psycopg.connect(url, autocommit=True)
+
+    with connect() as conn:
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
         try:
-            t0 = time.perf_counter()
             path = write_file(tmp, channels, args.rows, args.blank_pct, args.seed)
-            mb = path.stat().st_size / 1e6
-            print(f"file {path.name}: {args.rows:,} rows x {len(channels)} channels, {mb:,.0f} MB, "
-                  f"written in {time.perf_counter() - t0:.1f} s")
             t0 = time.perf_counter()
             ensure_support_tables(conn, settings)
-            filled = prefill(conn, settings, catalog, args.rows, args.prefill_pct, args.seed)
-            print(f"prefilled {args.prefill_pct:.0f} % of the timestamps with full rows "
-                  f"({filled:,} cells) in {time.perf_counter() - t0:.1f} s")
-
-            t0 = time.perf_counter()
-            parsed = parse_csv(path.read_bytes(), path.name)
-            parse_s = time.perf_counter() - t0
-            t_first: dict[str, float] = {}
-            t_again: dict[str, float] = {}
-            first = apply_file(conn, settings, catalog, path, timings=t_first)
-            again = apply_file(conn, settings, catalog, path, timings=t_again)
-
-            base_s = baseline(conn, settings, catalog, path, min(args.baseline_rows, args.rows))
+            filled = prefill(conn, settings, catalog, args.rows, pct, args.seed)
+            print(f"[{pct:.0f} % stored] prefilled {int(args.rows * pct / 100):,} timestamps with full rows "
+                  f"({filled:,} cells) in {time.perf_counter() - t0:.1f} s; applying …", flush=True)
+            checkpoint(conn)
+            out["first_t"], out["again_t"] = {}, {}
+            out["first"] = apply_file(conn, settings, catalog, path, timings=out["first_t"], connect=connect)
+            out["again"] = apply_file(conn, settings, catalog, path, timings=out["again_t"], connect=connect)
+            out["floor"] = None
+            if pct:  # after n2w: the WAL segments exist by then, as they do on a running server
+                for g in catalog.groups:  # the old row versions n2w left
+                    conn.execute(sql.SQL("VACUUM {}").format(
+                        sql.Identifier(schema, settings.table_name(SHIP, g.number))))
+                stored_until = int(START.replace(tzinfo=dt.UTC).timestamp()) * 1_000_000 \
+                    + int(args.rows * pct / 100) * 15_000_000
+                checkpoint(conn)
+                out["floor"] = floor_update(conn, settings, catalog, parse_csv(path.read_bytes(), path.name),
+                                            stored_until)
+            n_base = min(args.baseline_rows, args.rows)
+            out["baseline"] = baseline(conn, settings, catalog, path, n_base) * args.rows / n_base
         finally:
             conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
             shutil.rmtree(tmp, ignore_errors=True)
-    n_base = min(args.baseline_rows, args.rows)
-    base_full = base_s * args.rows / n_base
-    cells = sum(t.cells for t in first.tables)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=140_000, help="file rows (default 140,000)")
+    ap.add_argument("--channels", type=int, default=90, help="channel columns (default 90)")
+    ap.add_argument("--blank-pct", type=float, default=2.0, help="blank cells, %% (default 2)")
+    ap.add_argument("--prefill-pct", type=float, nargs="+", default=[0.0, 50.0, 100.0],
+                    help="cases: share of the file's timestamps already holding full wide rows, %% "
+                         "(default: 0 50 100)")
+    ap.add_argument("--baseline-rows", type=int, default=2_000,
+                    help="rows the row-by-row baseline runs on, extrapolated (default 2,000)")
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args(argv)
+
+    base = Settings.from_env()
+    url = database_url(base)
+    print(f"database {redact(url)}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+          f"(2 cores: other jobs slow every figure); N2W_CORRECTION_WORKERS={base.correction_workers}")
+    print(f"file: {args.rows:,} rows x {args.channels} channels at 15 s, {args.blank_pct:g} % blank cells")
+    cases = [run_case(url, base, args, pct) for pct in args.prefill_pct]
+
     print()
-    print(f"parse only (Polars): {parse_s:.2f} s for {parsed.frame.height:,} rows")
-    print(f"{'method':<52} {'seconds':>9} {'rows/s':>10} {'cells/s':>11}")
-    print(f"{'n2w apply_file (parse + 1 txn: locks, shadow, wide)':<52} {first.seconds:>9.2f} "
-          f"{args.rows / first.seconds:>10,.0f} {cells / first.seconds:>11,.0f}")
-    print(f"{'n2w same file again (no-op)':<52} {again.seconds:>9.2f} "
-          f"{args.rows / again.seconds:>10,.0f} {cells / again.seconds:>11,.0f}")
-    print(f"{f'row-by-row executemany upsert ({n_base:,} rows)':<52} {base_s:>9.2f} "
-          f"{n_base / base_s:>10,.0f} {cells * n_base / args.rows / base_s:>11,.0f}")
-    print(f"{'  same, extrapolated to the whole file':<52} {base_full:>9.1f}")
+    print(f"{'case: timestamps already stored':<34} {'n2w s':>7} {'again s':>8} {'floor s':>8} "
+          f"{'row-by-row s':>13} {'speed-up':>9} {'<= 5 s':>7}")
+    for c in cases:
+        first, again, floor = c["first"], c["again"], c["floor"]
+        floor_s = f"{floor[0]:.2f}" if floor else "-"
+        print(f"{c['pct']:>5.0f} %{'':<27} {first.seconds:>7.2f} {again.seconds:>8.2f} {floor_s:>8} "
+              f"{c['baseline']:>13.1f} {c['baseline'] / first.seconds:>8.1f}x "
+              f"{'met' if first.seconds <= 5 else 'NOT met':>7}")
+    print("  n2w: parse + write in hour ranges on N2W_CORRECTION_WORKERS connections; "
+          "again: the same file, a no-op;\n"
+          "  floor: stage + one plain UPDATE per wide table of just the stored rows, one connection,\n"
+          "  rolled back, run after n2w on the same tables: what PostgreSQL alone needs to rewrite\n"
+          "  those rows; row-by-row: executemany upsert, extrapolated from --baseline-rows rows;\n"
+          "  floor and n2w each start after a CHECKPOINT")
     print()
-    print(f"{'phase (s)':<52} {'first':>9} {'again':>9}")
-    for key, label in (("read", "read file + sha256"), ("parse", "parse (Polars)"),
-                       ("plan", "split by group (numpy)"), ("prepare", "ensure tables (DDL)"),
-                       ("copy", "timestamps new to both tables: COPY into both"),
-                       ("stage", "others: encode + binary COPY to temp stages"),
-                       ("shadow", "corrections shadow tables: compare + merge"),
-                       ("wide", "wide tables: merge")):
-        print(f"{label:<52} {t_first.get(key, 0.0):>9.2f} {t_again.get(key, 0.0):>9.2f}")
+    print(f"{'phase (s; summed over parallel parts)':<52}" + "".join(
+        f" {'{:.0f}%'.format(c['pct']):>7} {'again':>6}" for c in cases))
+    for key, label in PHASES:
+        print(f"{label:<52}" + "".join(
+            f" {c['first_t'].get(key, 0.0):>7.2f} {c['again_t'].get(key, 0.0):>6.2f}" for c in cases))
+    print(f"{'parts (hour ranges)':<52}" + "".join(
+        f" {c['first_t'].get('parts', 0):>7.0f} {c['again_t'].get('parts', 0):>6.0f}" for c in cases))
     print()
-    print(f"speed-up vs baseline: {base_full / first.seconds:,.1f}x;  target <= 5 s: "
-          f"{'met' if first.seconds <= 5 else 'NOT met'}")
-    print(f"first apply: rows inserted {first.rows_inserted:,}, updated {first.rows_updated:,}, "
-          f"unchanged {first.rows_unchanged:,}; correction cells stored {first.corrections_inserted:,}")
-    print(f"second apply: rows inserted {again.rows_inserted}, updated {again.rows_updated}, "
-          f"correction values changed {again.corrections_inserted + again.corrections_updated}")
+    for c in cases:
+        first, again = c["first"], c["again"]
+        floor = f"; floor updated {c['floor'][1]:,} rows" if c["floor"] else ""
+        print(f"{c['pct']:.0f} %: rows inserted {first.rows_inserted:,}, updated {first.rows_updated:,}, "
+              f"unchanged {first.rows_unchanged:,}; correction cells stored {first.corrections_inserted:,}; "
+              f"again: inserted {again.rows_inserted}, updated {again.rows_updated}, correction values "
+              f"changed {again.corrections_inserted + again.corrections_updated}{floor}")
     return 0
 
 
