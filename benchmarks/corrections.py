@@ -175,6 +175,19 @@ def checkpoint(conn: psycopg.Connection) -> None:
         print("  (CHECKPOINT not allowed for this role: timings may miss full-page writes)")
 
 
+def wal_lsn(conn: psycopg.Connection) -> str:
+    row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def wal_bytes(conn: psycopg.Connection, since: str) -> int:
+    """WAL written by the whole server since ``since`` (the benchmark is its only writer)."""
+    row = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)::int8", (since,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 PHASES = (("read", "read file + sha256"), ("parse", "parse (Polars)"),
           ("plan", "split by group (numpy)"), ("prepare", "ensure tables (DDL)"),
           ("copy", "new to both tables: existence + COPY into both"),
@@ -208,7 +221,9 @@ def run_case(url: str, base: Settings, args: argparse.Namespace, pct: float) -> 
                   f"({filled:,} cells) in {time.perf_counter() - t0:.1f} s; applying …", flush=True)
             checkpoint(conn)
             out["first_t"], out["again_t"] = {}, {}
+            lsn = wal_lsn(conn)
             out["first"] = apply_file(conn, settings, catalog, path, timings=out["first_t"], connect=connect)
+            out["wal"] = wal_bytes(conn, lsn)
             out["again"] = apply_file(conn, settings, catalog, path, timings=out["again_t"], connect=connect)
             out["floor"] = None
             if pct:  # after n2w: the WAL segments exist by then, as they do on a running server
@@ -218,8 +233,10 @@ def run_case(url: str, base: Settings, args: argparse.Namespace, pct: float) -> 
                 stored_until = int(START.replace(tzinfo=dt.UTC).timestamp()) * 1_000_000 \
                     + int(args.rows * pct / 100) * 15_000_000
                 checkpoint(conn)
+                lsn = wal_lsn(conn)
                 out["floor"] = floor_update(conn, settings, catalog, parse_csv(path.read_bytes(), path.name),
                                             stored_until)
+                out["floor_wal"] = wal_bytes(conn, lsn)
             n_base = min(args.baseline_rows, args.rows)
             out["baseline"] = baseline(conn, settings, catalog, path, n_base) * args.rows / n_base
         finally:
@@ -274,9 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for c in cases:
         first, again = c["first"], c["again"]
-        floor = f"; floor updated {c['floor'][1]:,} rows" if c["floor"] else ""
+        floor = (f"; floor updated {c['floor'][1]:,} rows, WAL {c['floor_wal'] / 1e9:.2f} GB"
+                 if c["floor"] else "")
         print(f"{c['pct']:.0f} %: rows inserted {first.rows_inserted:,}, updated {first.rows_updated:,}, "
               f"unchanged {first.rows_unchanged:,}; correction cells stored {first.corrections_inserted:,}; "
+              f"WAL written {c['wal'] / 1e9:.2f} GB; "
               f"again: inserted {again.rows_inserted}, updated {again.rows_updated}, correction values "
               f"changed {again.corrections_inserted + again.corrections_updated}{floor}")
     return 0
