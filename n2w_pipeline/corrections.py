@@ -654,14 +654,15 @@ def _update(conn: psycopg.Connection, target: sql.Identifier, plan: TablePlan, s
         assign=sql.SQL(", ").join(sql.SQL("{} = {}").format(c, m) for c, m in zip(cols, merged, strict=True)),
         old=sql.SQL(", ").join(olds), new=sql.SQL(", ").join(merged),
     )
-    # one index probe per stage row: a hash join would deform every wide row of the table
+    # one index probe per stage row: a hash join would deform every wide row of the table.
+    # No try/finally: if the UPDATE fails, the rollback undoes the SET LOCAL (a RESET there
+    # would only hide the error behind "current transaction is aborted").
     conn.execute("SET LOCAL enable_hashjoin = off")
     conn.execute("SET LOCAL enable_mergejoin = off")
-    try:
-        return conn.execute(q).rowcount
-    finally:
-        conn.execute("RESET enable_hashjoin")
-        conn.execute("RESET enable_mergejoin")
+    updated = conn.execute(q).rowcount
+    conn.execute("RESET enable_hashjoin")
+    conn.execute("RESET enable_mergejoin")
+    return updated
 
 
 def _merge_terms(
@@ -951,29 +952,32 @@ def _write_parts(
     if not ranges:
         return [_Counts() for _ in plans], {}, 0
 
-    def run(i: int) -> tuple[list[_Counts], dict[str, float]]:
-        if i == 0:
-            return _write_part(conn, ship, plans, targets, ranges[0])
+    if len(ranges) == 1:  # one transaction on the caller's connection, no thread
+        results = [_write_part(conn, ship, plans, targets, ranges[0])]
+    else:
         assert connect is not None
-        with connect() as extra:
-            return _write_part(extra, ship, plans, targets, ranges[i])
 
-    with ThreadPoolExecutor(max_workers=len(ranges), thread_name_prefix="n2w-corr") as pool:
-        futures = [pool.submit(run, i) for i in range(len(ranges))]
-        wait(futures)
-    failed = [(i, f.exception()) for i, f in enumerate(futures) if f.exception()]
-    if failed:
-        error = failed[0][1]
-        assert error is not None
-        bad = {i for i, _ in failed}
-        done = [f"{_hour(a)} to {_hour(b)}" for i, (a, b) in enumerate(ranges) if i not in bad]
-        error.add_note(
-            f"{len(failed)} of {len(ranges)} parts failed; committed: {', '.join(done) or 'none'}; "
-            "applying the file again writes the rest")
-        raise error
+        def run(i: int) -> tuple[list[_Counts], dict[str, float]]:
+            if i == 0:
+                return _write_part(conn, ship, plans, targets, ranges[0])
+            with connect() as extra:
+                return _write_part(extra, ship, plans, targets, ranges[i])
+
+        with ThreadPoolExecutor(max_workers=len(ranges), thread_name_prefix="n2w-corr") as pool:
+            futures = [pool.submit(run, i) for i in range(len(ranges))]
+            wait(futures)
+        errors = {i: e for i, f in enumerate(futures) if (e := f.exception()) is not None}
+        if errors:
+            done = [f"{_hour(a)} to {_hour(b)}" for i, (a, b) in enumerate(ranges) if i not in errors]
+            error = next(iter(errors.values()))
+            error.add_note(
+                f"{len(errors)} of {len(ranges)} parts failed; committed: {', '.join(done) or 'none'}; "
+                "applying the file again writes the rest")
+            raise error
+        results = [f.result() for f in futures]
     counts = [_Counts() for _ in plans]
     phase: dict[str, float] = {}
-    for part_counts, part_phase in (f.result() for f in futures):
+    for part_counts, part_phase in results:
         for total, n in zip(counts, part_counts, strict=True):
             total += n
         for k, v in part_phase.items():

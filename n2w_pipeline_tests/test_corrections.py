@@ -353,6 +353,28 @@ def _large_file(settings: Settings, catalog, chans, rows: int):  # noqa: ANN001
     return path, before, expected
 
 
+def test_a_failing_update_reports_its_own_error(settings, catalog, chans, pg_url):
+    """A stored row locked by another session: the first correction's UPDATE times out and
+    that error (not a follow-up "transaction is aborted") reaches the caller; nothing is kept."""
+    a = chans[0]
+    g1 = catalog.group(1)
+    table = sql.Identifier(settings.target_schema, settings.table_name(SHIP, 1))
+    path = write(settings, GOOD, f"timestamp,{a}\n{ts(H0)},10\n")
+    with psycopg.connect(pg_url, autocommit=True) as c, psycopg.connect(pg_url, autocommit=True) as blocker:
+        ensure_support_tables(c, settings)
+        ensure_wide_table(c, settings, g1, SHIP)
+        c.execute(sql.SQL("INSERT INTO {} (created_time, {}) VALUES (%s, 1)").format(
+            table, sql.Identifier(g1.columns[0])), (H0,))
+        c.execute("SET lock_timeout = '300ms'")
+        with blocker.transaction():
+            blocker.execute(sql.SQL("SELECT * FROM {} FOR UPDATE").format(table))
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                apply_file(c, settings, catalog, path)
+        assert wide_cells(c, settings, g1, SHIP) == ({H0}, {(H0, a): 1.0})
+        assert corrections_rows(c, settings, catalog) == []
+        assert applied_files(c, settings) == []
+
+
 def test_large_file_is_written_in_parallel_parts_and_a_failed_part_is_completed_by_a_reapply(
         settings, catalog, conn, chans, pg_url):
     rows = 2 * corrections.PART_MIN_ROWS + 3_000
