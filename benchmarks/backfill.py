@@ -10,7 +10,7 @@ then measures, side by side and on fresh target tables each time:
 * the server-side extraction ceiling: the extraction query ``COPY … TO '/dev/null'``
   (superuser) or ``TO STDOUT`` drained without parsing, one day per statement;
 * ``tablefunc.crosstab`` into the same three tables, one query per group per day (its
-  strongest form, FACTS.md), the value rule in the query;
+  strongest form: one query over a whole week spills its sorts), the value rule in the query;
 * n2w through Dagster (``n2w backfill``'s code path, run start-up included) for one
   ship-day and one ship-week, each in a fresh process whose peak RSS is reported;
 * ``max(v) FILTER (WHERE channel = …) … GROUP BY created_time`` for one ship-hour;

@@ -492,14 +492,14 @@ def fill_check(facts: GroupFacts, thresholds: Thresholds) -> CheckOutcome:
     rows = total.wide_rows
     emptiest = sorted(facts.channel_cells.items(), key=lambda kv: (kv[1], kv[0]))[:TOP_N]
     emptiest_md = [
-        {"channel": ch, "filled_cells": n, "fill_pct": _pct(n, rows)} for ch, n in emptiest
+        {"channel": ch, "filled_cells": n, "filled_pct": _pct(n, rows)} for ch, n in emptiest
     ]
     summary = (
         f"{pct:.2f} % filled ({total.wide_cells:,} of {slots:,} cells), minimum {minimum:g} %"
         if rows else "no wide rows in the window"
     )
     return CheckOutcome(FILL, g.number, passed, SEVERITY[FILL], summary, {
-        "fill_pct": pct,
+        "filled_pct": pct,
         "min_fill_pct": minimum,
         "filled_cells": total.wide_cells,
         "cell_slots": slots,

@@ -57,7 +57,9 @@ from psycopg import sql
 
 from n2w_pipeline.channels import TIME_COLUMN, ChannelCatalog, ChannelGroup
 from n2w_pipeline.config import Settings
-from n2w_pipeline.pivot import COPY_HEADER, COPY_TRAILER, WideBlock, encode_copy_binary, encode_dense_copy
+from n2w_pipeline.copy_binary import COPY_HEADER, COPY_TRAILER, encode_copy_binary, encode_dense_copy
+from n2w_pipeline.hours import HOUR_US, from_hour_number, hour_ranges
+from n2w_pipeline.pivot import WideBlock
 from n2w_pipeline.write import (
     CORRECTION_FILES,
     copy_block,
@@ -363,7 +365,7 @@ def parse_csv(data: bytes, name: str, offset_hours: float = 0.0) -> ParsedFile:
                 "but holds values"
             )
 
-    offset = pl.duration(microseconds=round(offset_hours * 3_600_000_000))
+    offset = pl.duration(microseconds=round(offset_hours * HOUR_US))
     when = pl.coalesce([pl.col(ts).str.to_datetime(f, strict=False, time_unit="us") for f in TIME_FORMATS])
     raw = raw.with_columns((when + offset).alias(TIME_COLUMN))
     bad_ts = raw.filter(pl.col(TIME_COLUMN).is_null())
@@ -869,24 +871,6 @@ def _apply_table(
     return n
 
 
-def hour_runs(times_us: Iterable[np.ndarray]) -> list[tuple[dt.datetime, dt.datetime]]:
-    """Contiguous [start, end) hour ranges covering every timestamp, in order."""
-    arrays = [a for a in times_us if a.size]
-    if not arrays:
-        return []
-    hours = np.unique(np.concatenate(arrays) // 3_600_000_000)
-    epoch = dt.datetime(1970, 1, 1)
-    runs = []
-    start = prev = int(hours[0])
-    for h in hours[1:].tolist():
-        if h != prev + 1:
-            runs.append((start, prev + 1))
-            start = h
-        prev = h
-    runs.append((start, prev + 1))
-    return [(epoch + dt.timedelta(hours=a), epoch + dt.timedelta(hours=b)) for a, b in runs]
-
-
 PART_MIN_ROWS = 20_000
 """A file is split into parallel parts only when each part gets at least this many rows."""
 
@@ -898,7 +882,7 @@ def split_hours(times_us: Iterable[np.ndarray], parts: int) -> list[tuple[int, i
     arrays = [a for a in times_us if a.size]
     if not arrays:
         return []
-    hours, counts = np.unique(np.concatenate(arrays) // 3_600_000_000, return_counts=True)
+    hours, counts = np.unique(np.concatenate(arrays) // HOUR_US, return_counts=True)
     total = int(counts.sum())
     parts = max(1, min(parts, total // PART_MIN_ROWS))
     cum = np.cumsum(counts)
@@ -908,11 +892,19 @@ def split_hours(times_us: Iterable[np.ndarray], parts: int) -> list[tuple[int, i
 
 
 def _hour(h: int) -> str:
-    return f"{dt.datetime(1970, 1, 1) + dt.timedelta(hours=h):%Y-%m-%d %H:00}"
+    return f"{from_hour_number(h):%Y-%m-%d %H:00}"
+
+
+def _block_hours(times_us: Iterable[np.ndarray]) -> list[dt.datetime]:
+    """The distinct hours that blocks' timestamps (µs since 1970) fall in."""
+    arrays = [a for a in times_us if a.size]
+    if not arrays:
+        return []
+    return [from_hour_number(h) for h in np.unique(np.concatenate(arrays) // HOUR_US).tolist()]
 
 
 def _in_hours(plan: TablePlan, hours: tuple[int, int]) -> TablePlan:
-    h = plan.block.times_us // 3_600_000_000
+    h = plan.block.times_us // HOUR_US
     return _take(plan, (h >= hours[0]) & (h < hours[1]))
 
 
@@ -927,7 +919,7 @@ def _write_part(
     part = [_in_hours(p, hours) for p in plans]
     counts = [_Counts() for _ in plans]
     with conn.transaction():
-        for start, end in hour_runs(p.block.times_us for p in part):
+        for start, end in hour_ranges(_block_hours(p.block.times_us for p in part)):
             lock_hours(conn, ship, start, end)
         for p, (shadow, wide), n in zip(part, targets, counts, strict=True):
             if p.block.rows:

@@ -22,7 +22,8 @@ CADENCE = dt.timedelta(seconds=15)
 
 
 def create_source_table(conn: psycopg.Connection, settings: Settings) -> None:
-    """The narrow table as the fleet has it (FACTS.md), if it does not exist yet.
+    """The narrow table with the fleet's own schema (primary key (ship, channel, time) and a
+    created_time DESC index, as in production), if it does not exist yet.
 
     Call ``create_source_indexes`` after it: a fresh table is loaded first and indexed
     after, which is several times faster than maintaining the indexes row by row.

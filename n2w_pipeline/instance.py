@@ -10,8 +10,13 @@ from pathlib import Path
 from n2w_pipeline.config import Settings
 from n2w_pipeline.database import dagster_storage_url, database_url
 
-# Range runs emit one planned event per partition unless told to emit the subset; with
-# these two, creating a one-ship-year run takes seconds instead of ~3 minutes (FACTS.md).
+# Without these, a range run writes one planned event per partition, one insert at a time
+# (8,784 for a one-ship-year run: minutes before it starts); with them benchmarks/backfill.py
+# creates and starts such a run in ~1.3 s (Dagster 1.13.27).
+DB_POOL = "n2w_database"
+"""The Dagster concurrency pool of every step that opens data connections (wide tables,
+corrections, window checks): its limit caps the connections n2w opens."""
+
 BOOKKEEPING_ENV = {
     "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "true",
     "DAGSTER_EVENT_BATCH_SIZE": "1000",
@@ -65,8 +70,6 @@ def sync_pool_limit(instance) -> int | None:  # noqa: ANN001 - dagster.DagsterIn
     the pool fails ("current transaction is aborted"). An explicit limit set here never
     goes through that path. Called by every n2w command that starts Dagster work.
     """
-    from n2w_pipeline.defs.wide_assets import DB_POOL
-
     limit = instance.global_op_concurrency_default_limit
     if limit is not None and instance.event_log_storage.supports_global_concurrency_limits:
         instance.event_log_storage.set_concurrency_slots(DB_POOL, int(limit))

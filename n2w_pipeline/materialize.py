@@ -21,7 +21,7 @@ import contextlib
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
@@ -33,6 +33,7 @@ from psycopg import sql
 from n2w_pipeline.channels import TIME_COLUMN, ChannelCatalog, ChannelGroup
 from n2w_pipeline.config import Settings
 from n2w_pipeline.extract import NarrowReader
+from n2w_pipeline.hours import HOUR_US, from_hour_number, window_slices
 from n2w_pipeline.pivot import ChannelCodes, WideBlock, pivot_coded, resolve_values
 from n2w_pipeline.write import (
     VALUE_ISSUES,
@@ -47,20 +48,7 @@ from n2w_pipeline.write import (
 PIPELINE_LANES = 2
 """Slices in flight per window (one extracting while the other pivots and writes)."""
 
-HOUR = dt.timedelta(hours=1)
 UNKNOWN_GROUP = 0
-
-
-def hour_slices(
-    start: dt.datetime, end: dt.datetime, hours: int
-) -> Iterator[tuple[dt.datetime, dt.datetime]]:
-    """[start, end) cut into consecutive windows of at most ``hours`` hours."""
-    step = dt.timedelta(hours=hours)
-    cursor = start
-    while cursor < end:
-        nxt = min(cursor + step, end)
-        yield cursor, nxt
-        cursor = nxt
 
 
 @dataclass
@@ -223,9 +211,6 @@ def _slice_body(
     return stats
 
 
-_HOUR_US = 3_600_000_000
-
-
 def _narrow_hours(
     known: pl.DataFrame, blocks: Mapping[int, WideBlock], codes: ChannelCodes, ship: str
 ) -> dict[tuple[str, int], dict[dt.datetime, tuple[int, int]]]:
@@ -234,19 +219,18 @@ def _narrow_hours(
     arrays the slice has anyway (~10 ms for 1.5M rows)."""
     out: dict[tuple[str, int], dict[dt.datetime, tuple[int, int]]] = {}
     if known.height:
-        hours = known.get_column("created_time").cast(pl.Int64).to_numpy() // _HOUR_US
+        hours = known.get_column("created_time").cast(pl.Int64).to_numpy() // HOUR_US
         first = int(hours.min())
         groups = codes.group_of[known.get_column("code").to_numpy()]
-    epoch = dt.datetime(1970, 1, 1)
     for number, block in blocks.items():
         per: dict[dt.datetime, tuple[int, int]] = {}
         if known.height:
             counts = np.bincount(hours[groups == number] - first)
             for i in np.flatnonzero(counts):
-                per[epoch + dt.timedelta(hours=first + int(i))] = (int(counts[i]), 0)
-        expected_hours, expected = np.unique(block.times_us // _HOUR_US, return_counts=True)
+                per[from_hour_number(first + int(i))] = (int(counts[i]), 0)
+        expected_hours, expected = np.unique(block.times_us // HOUR_US, return_counts=True)
         for h, n in zip(expected_hours.tolist(), expected.tolist(), strict=True):
-            key = epoch + dt.timedelta(hours=h)
+            key = from_hour_number(h)
             per[key] = (per.get(key, (0, 0))[0], n)
         if per:
             out[(ship, number)] = per
@@ -305,7 +289,7 @@ def materialize_window(
     """
     groups = list(catalog.groups if groups is None else groups)
     codes = ChannelCodes.from_catalog(catalog)
-    slices = list(hour_slices(start, end, settings.slice_hours))
+    slices = window_slices(start, end, settings.slice_hours)
     lanes = max(1, min(lanes, len(slices)))
     total = WindowStats(ship, start, end)
     t0 = time.perf_counter()

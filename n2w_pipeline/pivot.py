@@ -8,7 +8,8 @@ extraction): a pivot on a String column measured 5–11× slower.
    the cell NULL and are counted per channel and reason.
 2. ``pivot_coded``: ranks the slice's timestamps once (sorted unique + ``searchsorted``)
    and scatters every group into a dense NumPy block from Polars' buffers.
-3. ``encode_copy_binary``: a block as PostgreSQL binary COPY, vectorised.
+
+``copy_binary`` turns a block into PostgreSQL's binary COPY format.
 """
 
 from __future__ import annotations
@@ -134,53 +135,3 @@ class WideBlock:
     @property
     def cells(self) -> int:
         return int(self.mask.sum())
-
-
-_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in µs since 1970
-COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
-COPY_TRAILER = (-1).to_bytes(2, "big", signed=True)
-
-
-def _copy_rows(block: WideBlock) -> np.ndarray:
-    """Every row of a binary COPY of (created_time, col_0 … col_n) with every field
-    present (length 8), as one packed structured array: numpy byte-swaps while assigning."""
-    n, k = block.values.shape
-    cell = np.dtype([("len", ">i4"), ("v", ">f8")])
-    row = np.dtype([("fields", ">i2"), ("tlen", ">i4"), ("t", ">i8"), ("c", cell, (k,))])
-    out = np.empty(n, row)
-    out["fields"] = k + 1
-    out["tlen"] = 8
-    out["t"] = block.times_us - _PG_EPOCH_US
-    out["c"]["len"] = 8
-    out["c"]["v"] = block.values
-    return out
-
-
-def encode_copy_binary(block: WideBlock) -> bytes:
-    """PostgreSQL binary COPY of (created_time, col_0 … col_n) rows, built vectorised.
-
-    A blank cell is sent as NULL (length -1, no value). Every field of the format is a
-    whole number of 16-bit words, so the rows are built dense (``_copy_rows``), blank
-    cells' lengths set to -1 and their four value words dropped in one compress.
-    """
-    rows = _copy_rows(block)
-    if block.mask.all():
-        return COPY_HEADER + rows.tobytes() + COPY_TRAILER
-    n, k = block.values.shape
-    rows["c"]["len"] = np.where(block.mask, 8, -1)
-    keep = np.ones((n, 7 + 6 * k), dtype=bool)
-    keep[:, 7:].reshape(n, k, 6)[:, :, 2:] = block.mask[:, :, None]
-    return COPY_HEADER + rows.view(np.uint16).reshape(n, -1)[keep].tobytes() + COPY_TRAILER
-
-
-def encode_dense_copy(block: WideBlock) -> np.ndarray:
-    """The rows of a binary COPY of (created_time, col_0 … col_n) with every field present.
-
-    Blank cells are sent as NaN, which the statements reading the stage turn back into
-    NULL (``NULLIF(c, 'NaN')``): a parsed file never holds NaN (non-finite cells are
-    skipped). Fixed-width rows make this one vectorised pass, ~30x faster than a NULL-aware
-    encoding. Returns a structured array; send ``memoryview(rows).cast("B")``.
-    """
-    out = _copy_rows(block)
-    out["c"]["v"] = np.where(block.mask, block.values, np.nan)
-    return out

@@ -52,6 +52,7 @@ import psycopg
 from psycopg import sql
 
 from n2w_pipeline.config import Settings
+from n2w_pipeline.hours import floor_hour
 
 MIN_SETTLE_SECONDS = 1.0
 """A pending range is dropped no sooner than this after it was seen, besides the xid test:
@@ -544,15 +545,11 @@ def group_runs(runs: Sequence[PlannedRun], ships: Sequence[str]) -> list[RunGrou
     return out
 
 
-def hour_floor(value: dt.datetime) -> dt.datetime:
-    return value.replace(minute=0, second=0, microsecond=0)
-
-
 def partition_hours(settings: Settings, now_utc: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
     """(first, last) existing hourly partition, naive on the created_time clock (UTC):
     the last is the current, still open hour (the partitions' ``end_offset=1``)."""
     first = dt.datetime.strptime(settings.partition_start, "%Y-%m-%d-%H:%M")
-    return first, hour_floor(now_utc.astimezone(dt.UTC).replace(tzinfo=None))
+    return first, floor_hour(now_utc.astimezone(dt.UTC).replace(tzinfo=None))
 
 
 def tick(

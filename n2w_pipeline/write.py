@@ -30,7 +30,8 @@ from psycopg import sql
 
 from n2w_pipeline.channels import MAX_IDENTIFIER_BYTES, TIME_COLUMN, ChannelGroup
 from n2w_pipeline.config import Settings
-from n2w_pipeline.pivot import WideBlock, encode_copy_binary
+from n2w_pipeline.copy_binary import encode_copy_binary
+from n2w_pipeline.pivot import WideBlock
 
 COLUMN_MAP = "n2w_column_map"
 CORRECTION_FILES = "n2w_correction_files"

@@ -141,7 +141,7 @@ def test_interrupted_parallel_backfill_resumes_only_missing_partitions(backfill_
         assert len({hours.get(h) for hours in per_hour.values()}) == 1  # all tables or none
 
     with dg.DagsterInstance.get() as instance:
-        done = materialized_hours(instance, [wide_asset_key(g) for g in catalog.groups], s.ships)
+        done = materialized_hours(instance, s, [wide_asset_key(g) for g in catalog.groups], s.ships)
     assert done == {ok: {H0, H0 + HOUR, H0 + 2 * HOUR}, broken: set()}
 
     conn.execute(sql.SQL("DROP TRIGGER reject ON {}").format(table))

@@ -157,7 +157,7 @@ def test_every_figure_matches_sql_on_crafted_data(crafted, conn):
         fill = _md(ev[(name, "null_fill_rate")])
         slots = f["rows"] * len(g.channels)
         assert fill["filled_cells"] == f["cells"] and fill["cell_slots"] == slots
-        assert fill["fill_pct"] == round(100 * f["cells"] / slots, 3)
+        assert fill["filled_pct"] == round(100 * f["cells"] / slots, 3)
         assert ev[(name, "null_fill_rate")].passed is False  # 40 % and 33 % < 90 %
         assert ev[(name, "null_fill_rate")].severity == dg.AssetCheckSeverity.WARN
         assert fill["ships"] == [SHIP]
@@ -288,7 +288,7 @@ def test_on_demand_job_cli_and_pure_function_agree(crafted, conn, monkeypatch, c
     ]
     th = replace(settings, check_min_fill_pct=((0, 90.0), (1, 40.0)))
     fill = evaluate(conn, th, catalog.groups[:1], [(SHIP, H0, END)], names=["null_fill_rate"])
-    assert fill[0].passed and fill[0].metadata["fill_pct"] == 40.0  # exactly at the minimum
+    assert fill[0].passed and fill[0].metadata["filled_pct"] == 40.0  # exactly at the minimum
 
     # the job the UI launches: a non-partitioned job of checks only, config = the window
     defs = build_definitions(settings)

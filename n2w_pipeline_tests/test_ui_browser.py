@@ -405,7 +405,7 @@ def test_backfill_from_the_ui_writes_exactly_the_selected_partitions(
             phase("backfill launched and finished in the UI")
 
             # 4. the instance: an asset backfill honours BackfillPolicy.multi_run -> one run
-            #    for 1 ship x 6 hours (a job-page backfill would not: upstream bugs, FACTS.md)
+            #    for 1 ship x 6 hours (a job-page backfill would not: Dagster issues #28861, #30786, #17404)
             runs, evaluations = _backfill_runs(stack, backfill_id, monkeypatch)
             assert [r.run_id for r in runs] == sorted(ui_runs)
             assert runs[0].status == dg.DagsterRunStatus.SUCCESS

@@ -107,7 +107,7 @@ def test_hand_written_rows_give_exact_cells_and_counts(small, conn):
     assert m2["null_values_by_reason"] == {"non_finite": 1}
     assert m1["unknown_channel_rows_skipped"] == 1
     assert m1["unknown_channels_sample"] == ["/x/unknown"]
-    assert m1["null_fill_pct"] == pytest.approx(100 * (1 - 9 / 25), abs=1e-3)
+    assert m1["filled_pct"] == pytest.approx(100 * 9 / 25, abs=1e-3)
 
     # per-hour counts are queryable too
     issues = conn.execute(

@@ -11,6 +11,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from n2w_pipeline.config import Settings
+from n2w_pipeline.hours import floor_hour, hour_ranges, hours_between
 
 PROGRESS_LOGGER = "n2w.progress"
 
@@ -26,10 +27,6 @@ def parse_time(text: str) -> dt.datetime:
     if value.tzinfo is not None:
         raise argparse.ArgumentTypeError(f"{text!r}: give a naive time on the created_time clock")
     return value
-
-
-def hour_floor(value: dt.datetime) -> dt.datetime:
-    return value.replace(minute=0, second=0, microsecond=0)
 
 
 def add_window_args(p: argparse.ArgumentParser) -> None:
@@ -49,7 +46,7 @@ def resolve_window(
     unknown = [s for s in ships if s not in settings.ships]
     if unknown:
         raise SystemExit(f"n2w {command}: unknown ship(s) {unknown}; configured: {list(settings.ships)}")
-    start, end = hour_floor(args.start), hour_floor(args.end)
+    start, end = floor_hour(args.start), floor_hour(args.end)
     if end <= start:
         raise SystemExit(f"n2w {command}: --end must be at least one hour after --start")
     return ships, start, end
@@ -96,41 +93,30 @@ def plan_runs(
     """The runs of a backfill: per ship, the hours of [start, end) not in ``done[ship]``,
     cut into contiguous ranges of at most ``run_hours`` hours (a run is one ship × a
     contiguous hour range, like an asset backfill with ``BackfillPolicy.multi_run``)."""
-    hour = dt.timedelta(hours=1)
     runs: list[Run] = []
     for ship in ships:
         skip = (done or {}).get(ship, set())
-        run_start: dt.datetime | None = None
-        length = 0
-        cursor = start
-        while cursor < end:
-            if cursor in skip or length == run_hours:
-                if run_start is not None:
-                    runs.append((ship, run_start, cursor))
-                run_start, length = None, 0
-            if cursor not in skip:
-                if run_start is None:
-                    run_start = cursor
-                length += 1
-            cursor += hour
-        if run_start is not None:
-            runs.append((ship, run_start, end))
+        todo = (h for h in hours_between(start, end) if h not in skip)
+        runs += [(ship, a, b) for a, b in hour_ranges(todo, run_hours)]
     return runs
 
 
-def materialized_hours(instance, asset_keys: Sequence, ships: Sequence[str]) -> dict[str, set[dt.datetime]]:  # noqa: ANN001
+def materialized_hours(
+    instance, settings: Settings, asset_keys: Sequence, ships: Sequence[str]  # noqa: ANN001
+) -> dict[str, set[dt.datetime]]:
     """(ship → hours) whose partitions every one of ``asset_keys`` has materialised."""
-    from n2w_pipeline.defs.partitions import HOUR_FMT
+    from n2w_pipeline.defs.partitions import split_key, wide_partitions
 
+    partitions = wide_partitions(settings)
     common: set[str] | None = None
     for key in asset_keys:
         keys = set(instance.get_materialized_partitions(key))
         common = keys if common is None else common & keys
     out: dict[str, set[dt.datetime]] = {ship: set() for ship in ships}
     for key in common or ():
-        hour, ship = str(key).split("|")
+        ship, hour = split_key(partitions, key)
         if ship in out:
-            out[ship].add(dt.datetime.strptime(hour, HOUR_FMT))
+            out[ship].add(hour)
     return out
 
 
@@ -276,7 +262,7 @@ def run_backfill(
     with dg.DagsterInstance.get() as instance:
         done = None
         if resume:
-            done = materialized_hours(instance, [wide_asset_key(g) for g in catalog.groups], ships)
+            done = materialized_hours(instance, settings, [wide_asset_key(g) for g in catalog.groups], ships)
         limit = sync_pool_limit(instance)
     runs = plan_runs(ships, start, end, settings.run_hours, done)
     if limit:

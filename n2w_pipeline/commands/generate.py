@@ -9,10 +9,11 @@ import time
 import psycopg
 
 from n2w_pipeline.channels import load_catalog
-from n2w_pipeline.commands._common import hour_floor, parse_time
+from n2w_pipeline.commands._common import parse_time
 from n2w_pipeline.config import Settings
 from n2w_pipeline.database import database_url
 from n2w_pipeline.generate import generate
+from n2w_pipeline.hours import floor_hour
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     catalog = load_catalog(settings.channel_lists_dir)
     ships = list(settings.ships[: args.ships])
-    start = hour_floor(args.start)
+    start = floor_hour(args.start)
     end = start + dt.timedelta(hours=args.hours)
     t0 = time.perf_counter()
     with psycopg.connect(database_url(settings), autocommit=True) as conn:

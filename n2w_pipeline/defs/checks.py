@@ -34,6 +34,7 @@ from n2w_pipeline.checks import (
 from n2w_pipeline.config import Settings
 from n2w_pipeline.defs.partitions import wide_partitions
 from n2w_pipeline.defs.resources import N2WDatabase
+from n2w_pipeline.instance import DB_POOL
 
 ON_DEMAND = "on_demand_window"
 CHECK_JOB = "n2w_check_window"
@@ -69,7 +70,9 @@ def _md_value(key: str, value: Any) -> Any:
     if key == "emptiest_channels" and value:
         return dg.MetadataValue.md(
             "| channel | filled cells | fill % |\n|---|---|---|\n"
-            + "\n".join(f"| `{r['channel']}` | {r['filled_cells']:,} | {r['fill_pct']:.2f} |" for r in value)
+            + "\n".join(
+                f"| `{r['channel']}` | {r['filled_cells']:,} | {r['filled_pct']:.2f} |" for r in value
+            )
         )
     if key == "first_differences" and value:
         return dg.MetadataValue.md(
@@ -173,7 +176,7 @@ def build_window_checks(settings: Settings, catalog: ChannelCatalog) -> dg.Asset
             for key in groups
         ],
         can_subset=True,
-        pool="n2w_database",
+        pool=DB_POOL,
     )
     def n2w_window_checks(
         context: dg.AssetCheckExecutionContext, config: CheckWindowConfig, n2w_db: N2WDatabase

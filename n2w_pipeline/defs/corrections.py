@@ -25,7 +25,7 @@ from n2w_pipeline.corrections import (
     scan_changes,
 )
 from n2w_pipeline.defs.resources import N2WDatabase
-from n2w_pipeline.defs.wide_assets import DB_POOL
+from n2w_pipeline.instance import DB_POOL
 
 CORRECTIONS_GROUP = "corrections"
 correction_files = dg.DynamicPartitionsDefinition(name="correction_files")

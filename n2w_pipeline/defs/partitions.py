@@ -9,6 +9,7 @@ from collections.abc import Iterable
 import dagster as dg
 
 from n2w_pipeline.config import Settings
+from n2w_pipeline.hours import hour_ranges
 
 HOUR_FMT = "%Y-%m-%d-%H:%M"
 
@@ -27,7 +28,19 @@ def partition_key(ship: str, hour: dt.datetime) -> dg.MultiPartitionKey:
     return dg.MultiPartitionKey({"hour": hour.strftime(HOUR_FMT), "ship": ship})
 
 
-def ship_windows(keys: Iterable[str]) -> list[tuple[str, dt.datetime, dt.datetime]]:
+def split_key(
+    partitions: dg.MultiPartitionsDefinition, key: str | dg.MultiPartitionKey
+) -> tuple[str, dt.datetime]:
+    """A wide partition key (object or its string form) → (ship, hour)."""
+    if not isinstance(key, dg.MultiPartitionKey):
+        key = partitions.get_partition_key_from_str(str(key))
+    dims = key.keys_by_dimension
+    return dims["ship"], dt.datetime.strptime(dims["hour"], HOUR_FMT)
+
+
+def ship_windows(
+    partitions: dg.MultiPartitionsDefinition, keys: Iterable[str | dg.MultiPartitionKey]
+) -> list[tuple[str, dt.datetime, dt.datetime]]:
     """Partition keys → (ship, start, end) windows of contiguous hours, per ship, in order.
 
     Works for any selection a run can carry: one partition, an hour range of one ship,
@@ -35,20 +48,6 @@ def ship_windows(keys: Iterable[str]) -> list[tuple[str, dt.datetime, dt.datetim
     """
     hours: dict[str, set[dt.datetime]] = defaultdict(set)
     for key in keys:
-        hour, ship = str(key).split("|")  # dimensions are ordered by name: hour, ship
-        hours[ship].add(dt.datetime.strptime(hour, HOUR_FMT))
-    windows = []
-    one = dt.timedelta(hours=1)
-    for ship in sorted(hours):
-        run_start = prev = None
-        for h in sorted(hours[ship]):
-            if run_start is None:
-                run_start = prev = h
-            elif h == prev + one:
-                prev = h
-            else:
-                windows.append((ship, run_start, prev + one))
-                run_start = prev = h
-        if run_start is not None:
-            windows.append((ship, run_start, prev + one))
-    return windows
+        ship, hour = split_key(partitions, key)
+        hours[ship].add(hour)
+    return [(ship, start, end) for ship in sorted(hours) for start, end in hour_ranges(hours[ship])]

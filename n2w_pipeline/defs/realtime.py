@@ -28,7 +28,7 @@ import dagster as dg
 import psycopg
 
 from n2w_pipeline.config import Settings
-from n2w_pipeline.defs.partitions import partition_key
+from n2w_pipeline.defs.partitions import partition_key, split_key, wide_partitions
 from n2w_pipeline.defs.resources import N2WDatabase
 from n2w_pipeline.realtime import (
     RunGroup,
@@ -69,19 +69,20 @@ def run_request(group: RunGroup, wide: dg.AssetsDefinition) -> dg.RunRequest:
     )
 
 
-def _queued(instance: dg.DagsterInstance, ships: list[str]) -> set[tuple[str, str]]:
-    """(hour key, ship) of every partition a queued realtime run will materialise."""
+def _queued(instance: dg.DagsterInstance, settings: Settings) -> set[tuple[str, dt.datetime]]:
+    """(ship, hour) of every partition a queued realtime run will materialise."""
     queued = dg.RunsFilter(statuses=[dg.DagsterRunStatus.QUEUED], tags={"dagster/sensor_name": SENSOR_NAME})
-    out: set[tuple[str, str]] = set()
+    partitions = wide_partitions(settings)
+    ships = list(settings.ships)
+    out: set[tuple[str, dt.datetime]] = set()
     for run in instance.get_runs(filters=queued):
         first = run.tags.get("dagster/asset_partition_range_start") or run.tags.get("dagster/partition")
         last = run.tags.get("dagster/asset_partition_range_end") or first
         if not first or not last:
             continue
-        hour, a = first.split("|")
-        _, b = last.split("|")
+        (a, hour), (b, _) = split_key(partitions, first), split_key(partitions, last)
         if a in ships and b in ships:
-            out |= {(hour, s) for s in ships[ships.index(a): ships.index(b) + 1]}
+            out |= {(s, hour) for s in ships[ships.index(a): ships.index(b) + 1]}
     return out
 
 
@@ -117,9 +118,8 @@ def build_realtime_sensor(settings: Settings, wide: dg.AssetsDefinition) -> dg.S
         if plan.unknown_ships or plan.before_start:
             context.log.warning(plan.summary())
         ships = list(settings.ships)
-        queued = _queued(context.instance, ships) if plan.runs else set()
-        runs = [r for r in plan.runs
-                if (partition_key(r.ship, r.hour).keys_by_dimension["hour"], r.ship) not in queued]
+        queued = _queued(context.instance, settings) if plan.runs else set()
+        runs = [r for r in plan.runs if (r.ship, r.hour) not in queued]
         coalesced = len(plan.runs) - len(runs)
         note = f"; {coalesced} partition(s) already in a queued run" if coalesced else ""
         if not runs:

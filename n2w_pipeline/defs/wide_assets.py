@@ -14,11 +14,11 @@ from n2w_pipeline.config import Settings
 from n2w_pipeline.defs.checks import run_check_results, run_check_specs
 from n2w_pipeline.defs.partitions import ship_windows, wide_partitions
 from n2w_pipeline.defs.resources import N2WDatabase
+from n2w_pipeline.instance import DB_POOL
 from n2w_pipeline.materialize import WindowStats, materialize_window
 
 WIDE_GROUP = "wide_tables"
 progress_log = logging.getLogger("n2w.progress")  # drawn as a bar by `n2w backfill`
-DB_POOL = "n2w_database"
 
 
 def wide_asset_key(group: ChannelGroup) -> dg.AssetKey:
@@ -90,8 +90,8 @@ def _metadata(group: ChannelGroup, settings: Settings, total: WindowStats, wall:
         "rows_updated": g.updated if g else 0,
         "rows_deleted": g.deleted if g else 0,
         "cells_filled": cells,
-        "null_fill_pct": dg.MetadataValue.float(
-            round(100.0 * (1 - cells / (rows * len(group.columns))), 3) if rows else 0.0
+        "filled_pct": dg.MetadataValue.float(
+            round(100.0 * cells / (rows * len(group.columns)), 3) if rows else 0.0
         ),
         "null_values_by_reason": dg.MetadataValue.json(issues),
         "null_values_total": sum(issues.values()),
@@ -155,12 +155,13 @@ class ProgressReporter:
 
 def build_wide_assets(settings: Settings, catalog: ChannelCatalog) -> dg.AssetsDefinition:
     groups_by_key = {wide_asset_key(g): g for g in catalog.groups}
+    partitions = wide_partitions(settings)
 
     @dg.multi_asset(
         name="narrow_to_wide",
         specs=[_spec(settings, g) for g in catalog.groups],
         check_specs=run_check_specs(settings, catalog) if settings.checks_in_runs else None,
-        partitions_def=wide_partitions(settings),
+        partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.multi_run(settings.run_hours),
         can_subset=True,
         pool=DB_POOL,
@@ -177,7 +178,7 @@ def build_wide_assets(settings: Settings, catalog: ChannelCatalog) -> dg.AssetsD
         with the narrow rows the run read (the on-demand check job counts the narrow table).
         """
         groups = [groups_by_key[k] for k in sorted(context.selected_asset_keys) if k in groups_by_key]
-        windows = ship_windows(context.partition_keys)
+        windows = ship_windows(partitions, context.partition_keys)
         url = n2w_db.resolve_url(settings)
         hours = sum(int((e - s).total_seconds() // 3600) for _, s, e in windows)
         context.log.info(

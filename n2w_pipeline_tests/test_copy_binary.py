@@ -1,4 +1,4 @@
-"""The pure pivot helpers against straightforward references."""
+"""The binary COPY encoders against a field-by-field reference."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import struct
 import numpy as np
 import pytest
 
-from n2w_pipeline.pivot import WideBlock, encode_copy_binary, encode_dense_copy
+from n2w_pipeline.copy_binary import encode_copy_binary, encode_dense_copy
+from n2w_pipeline.pivot import WideBlock
 
 PG_EPOCH_US = 946_684_800_000_000
 
