@@ -48,3 +48,24 @@ def test_every_command_has_help():
         out = subprocess.run([sys.executable, "-m", "n2w_pipeline.cli", name.replace("_", "-"), "--help"],
                              capture_output=True, text=True, check=True).stdout
         assert "usage: n2w" in out and len(out) > 200
+
+
+def test_a_day_partition_reads_its_24_wide_hours() -> None:
+    import datetime as dt
+
+    from n2w_pipeline.defs.partitions import (
+        day_key,
+        day_partitions,
+        hours_to_days,
+        split_day_key,
+        split_key,
+        wide_partitions,
+    )
+
+    s = Settings(ships=("IMO1", "IMO2"))
+    days, hours = day_partitions(s), wide_partitions(s)
+    assert split_day_key(days, "2025-03-01|IMO2") == ("IMO2", dt.date(2025, 3, 1))
+    sub = days.empty_subset().with_partition_keys([day_key("IMO1", dt.date(2025, 3, 1))])
+    up = hours_to_days().get_upstream_mapped_partitions_result_for_partitions(sub, days, hours)
+    got = sorted(split_key(hours, k) for k in up.partitions_subset.get_partition_keys())
+    assert got == [("IMO1", dt.datetime(2025, 3, 1, h)) for h in range(24)]

@@ -1,8 +1,10 @@
-"""Partitions: every wide asset is split by hour × ship."""
+"""Partitions: every wide asset is split by hour × ship; daily products (exports,
+rollups) by day × ship, each day reading its 24 wide hours."""
 
 from __future__ import annotations
 
 import datetime as dt
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable
 
@@ -12,6 +14,7 @@ from n2w_pipeline.config import Settings
 from n2w_pipeline.hours import hour_ranges
 
 HOUR_FMT = "%Y-%m-%d-%H:%M"
+DAY_FMT = "%Y-%m-%d"
 
 
 def wide_partitions(settings: Settings) -> dg.MultiPartitionsDefinition:
@@ -22,6 +25,44 @@ def wide_partitions(settings: Settings) -> dg.MultiPartitionsDefinition:
             "ship": dg.StaticPartitionsDefinition(list(settings.ships)),
         }
     )
+
+
+def day_partitions(settings: Settings) -> dg.MultiPartitionsDefinition:
+    """Daily time × the configured ships, for assets downstream of the wide assets. A day
+    exists once it has ended (no ``end_offset``): a day's products read whole days."""
+    start = dt.datetime.strptime(settings.partition_start, HOUR_FMT)
+    return dg.MultiPartitionsDefinition(
+        {
+            "day": dg.DailyPartitionsDefinition(start_date=start.strftime(DAY_FMT)),
+            "ship": dg.StaticPartitionsDefinition(list(settings.ships)),
+        }
+    )
+
+
+def hours_to_days() -> dg.MultiPartitionMapping:
+    """A (day, ship) partition depends on the 24 (hour, ship) wide partitions of that day."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MultiPartitionMapping is beta in Dagster 1.13
+        return dg.MultiPartitionMapping(
+            {
+                "hour": dg.DimensionPartitionMapping("day", dg.TimeWindowPartitionMapping()),
+                "ship": dg.DimensionPartitionMapping("ship", dg.IdentityPartitionMapping()),
+            }
+        )
+
+
+def day_key(ship: str, day: dt.date) -> dg.MultiPartitionKey:
+    return dg.MultiPartitionKey({"day": day.strftime(DAY_FMT), "ship": ship})
+
+
+def split_day_key(
+    partitions: dg.MultiPartitionsDefinition, key: str | dg.MultiPartitionKey
+) -> tuple[str, dt.date]:
+    """A day partition key (object or its string form) → (ship, day)."""
+    if not isinstance(key, dg.MultiPartitionKey):
+        key = partitions.get_partition_key_from_str(str(key))
+    dims = key.keys_by_dimension
+    return dims["ship"], dt.datetime.strptime(dims["day"], DAY_FMT).date()
 
 
 def partition_key(ship: str, hour: dt.datetime) -> dg.MultiPartitionKey:
