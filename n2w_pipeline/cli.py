@@ -15,7 +15,7 @@ import warnings
 COMMANDS = ("demo", "generate", "backfill", "check", "corrections", "dev", "db_url", "bench")
 
 EPILOG = """\
-Configuration comes from N2W_* environment variables (see README.md). With no
+Configuration comes from N2W_* environment variables (see docs/operating.md). With no
 N2W_DATABASE_URL, n2w starts an embedded PostgreSQL under .n2w/ in the working directory
 and reuses it across commands.
 

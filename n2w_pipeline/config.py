@@ -88,7 +88,7 @@ class SourceColumns:
 
 @dataclass(frozen=True)
 class Settings:
-    """Resolved configuration. Field docs double as the README's configuration table."""
+    """Resolved configuration. Field docs double as the configuration table in docs/operating.md."""
 
     database_url: str | None = None
     """N2W_DATABASE_URL: PostgreSQL URL; unset starts an embedded server under state_dir."""
