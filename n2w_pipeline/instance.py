@@ -10,13 +10,13 @@ from pathlib import Path
 from n2w_pipeline.config import Settings
 from n2w_pipeline.database import dagster_storage_url, database_url
 
-# Without these, a range run writes one planned event per partition, one insert at a time
-# (8,784 for a one-ship-year run: minutes before it starts); with them benchmarks/backfill.py
-# creates and starts such a run in ~1.3 s (Dagster 1.13.27).
 DB_POOL = "n2w_database"
 """The Dagster concurrency pool of every step that opens data connections (wide tables,
 corrections, window checks): its limit caps the connections n2w opens."""
 
+# Without these, a range run writes one planned event per partition, one insert at a time
+# (8,784 for a one-ship-year run: minutes before it starts); with them benchmarks/backfill.py
+# creates and starts such a run in ~1.3 s (Dagster 1.13.27).
 BOOKKEEPING_ENV = {
     "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "true",
     "DAGSTER_EVENT_BATCH_SIZE": "1000",
