@@ -136,6 +136,16 @@ class Settings:
     """N2W_CHECK_MIN_FILL_PCT: null-fill warning threshold, `90` or per group `90,3=80`."""
     check_min_coverage_pct: tuple[tuple[int, float], ...] = ((0, 95.0),)
     """N2W_CHECK_MIN_COVERAGE_PCT: channel-coverage warning threshold, `95` or `95,2=90`."""
+    export_dir: Path | None = None
+    """N2W_EXPORT_DIR: Parquet export folder; unset → <N2W_STATE_DIR>/export (export/paths.py)."""
+    clickhouse_path: Path | None = None
+    """N2W_CLICKHOUSE_PATH: embedded ClickHouse (chDB) data folder; unset → <N2W_STATE_DIR>/clickhouse."""
+    clickhouse_url: str | None = None
+    """N2W_CLICKHOUSE_URL: an existing ClickHouse server (http[s]://user@host:8123/database); unset → chDB."""
+    export_retries: int = 4
+    """N2W_EXPORT_RETRIES: attempts of an export step before its run fails (backoff with jitter between)."""
+    export_retry_seconds: float = 1.0
+    """N2W_EXPORT_RETRY_SECONDS: first wait between attempts; doubles each time, random jitter, ≤ 60 s."""
 
     @property
     def source_qualified(self) -> tuple[str, str]:
@@ -169,6 +179,15 @@ class Settings:
             kw["migration_dir"] = Path(v)
         if (v := get("STATE_DIR")) is not None:
             kw["state_dir"] = Path(v)
+        for name in ("export_dir", "clickhouse_path"):
+            if (v := get(name.upper())) is not None:
+                kw[name] = Path(v)
+        if (v := get("CLICKHOUSE_URL")) is not None:
+            kw["clickhouse_url"] = v
+        if (v := get("EXPORT_RETRY_SECONDS")) is not None:
+            kw["export_retry_seconds"] = float(v)
+            if kw["export_retry_seconds"] < 0:
+                raise ValueError(f"N2W_EXPORT_RETRY_SECONDS must be >= 0, got {v}")
         if (v := get("CSV_TIME_OFFSET_HOURS")) is not None:
             kw["csv_time_offset_hours"] = float(v)
         if (v := get("REALTIME")) is not None:
@@ -178,7 +197,7 @@ class Settings:
                 raise ValueError(f"N2W_REALTIME_CURSOR_COLUMN must be id or server_created_time, got {v!r}")
             kw["realtime_cursor"] = v
         for name in ("slice_hours", "run_hours", "realtime_interval_seconds", "realtime_batch_rows",
-                     "correction_workers"):
+                     "correction_workers", "export_retries"):
             if (v := get(name.upper())) is not None:
                 kw[name] = int(v)
                 if kw[name] < 1:
