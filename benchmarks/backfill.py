@@ -114,13 +114,15 @@ def count_rows(conn: psycopg.Connection, settings: Settings, start: dt.datetime,
     return int(row[0]) if row else 0
 
 
-def fresh_tables(conn: psycopg.Connection, settings: Settings, catalog: ChannelCatalog) -> None:
-    """Drop and re-create the benchmark's target schema with empty wide tables."""
+def fresh_tables(conn: psycopg.Connection, settings: Settings, catalog: ChannelCatalog,
+                 hours: tuple[dt.datetime, dt.datetime] | None = None) -> None:
+    """Drop and re-create the benchmark's target schema with empty wide tables (with the
+    time partitions of ``hours``, for baselines that insert themselves)."""
     schema = sql.Identifier(settings.target_schema)
     conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(schema))
     conn.execute(sql.SQL("CREATE SCHEMA {}").format(schema))
     for g in catalog.groups:
-        ensure_wide_table(conn, settings, g, SHIP)
+        ensure_wide_table(conn, settings, g, SHIP, hours=hours)
     if is_superuser(conn):
         conn.execute("CHECKPOINT")  # every method starts without the previous one's dirty pages
 
@@ -396,14 +398,14 @@ def main() -> int:
         r = ceiling(url, settings, catalog, is_superuser(conn), START, week_end)
         line(f"extraction ceiling ({r['how']})", week_rows, r["seconds"])
         cross = replace(settings, target_schema=CROSSTAB)
-        fresh_tables(conn, cross, catalog)
+        fresh_tables(conn, cross, catalog, (START, week_end))
         r = crosstab(conn, cross, catalog, START, week_end)
         line("tablefunc.crosstab, per group per day", week_rows, r["seconds"])
         base_s = replace(settings, target_schema=BASELINE)
-        fresh_tables(conn, base_s, catalog)
+        fresh_tables(conn, base_s, catalog, (START, START + HOUR))
         r = max_filter(conn, base_s, catalog, START, START + HOUR)
         line("max() FILTER … GROUP BY, one ship-hour", hour_rows, r["seconds"])
-        fresh_tables(conn, base_s, catalog)
+        fresh_tables(conn, base_s, catalog, (START, START + HOUR))
         r = executemany_rows(conn, base_s, catalog, START, START + HOUR)
         line("row-by-row executemany upsert, one ship-hour", hour_rows, r["seconds"])
 

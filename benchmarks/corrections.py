@@ -83,7 +83,8 @@ def prefill(conn: psycopg.Connection, settings: Settings, catalog, rows: int, pc
              + int(START.replace(tzinfo=dt.UTC).timestamp()) * 1_000_000)
     cells = 0
     for g in catalog.groups:
-        ensure_wide_table(conn, settings, g, SHIP)
+        hours = (START, START + dt.timedelta(microseconds=int(15_000_000 * max(rows, 1))))
+        ensure_wide_table(conn, settings, g, SHIP, hours=hours)
         table = sql.Identifier(settings.target_schema, settings.table_name(SHIP, g.number))
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in (TIME_COLUMN, *g.columns))
         for a in range(0, n, 20_000):

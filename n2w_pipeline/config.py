@@ -7,6 +7,7 @@ the environment; everything else receives a ``Settings`` value.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -68,6 +69,22 @@ def _group_pcts(name: str, value: str) -> tuple[tuple[int, float], ...]:
             raise ValueError(f"{name}: {item!r} is not a percentage")
         out[key] = val
     return tuple(sorted(out.items()))
+
+
+PARTITION_INTERVALS = ("week", "month", "quarter")
+RETENTION_UNITS = ("day", "week", "month", "year")
+
+
+def parse_retention(value: str) -> tuple[int, str] | None:
+    """`18 months`, `2 years`, `90 days` → (18, "month"); `off`, `none`, `0` → None."""
+    text = value.strip().lower()
+    if text in ("off", "none", "0", "no", "false"):
+        return None
+    m = re.fullmatch(r"(\d+)\s*(day|week|month|year)s?", text)
+    if not m or int(m.group(1)) < 1:
+        raise ValueError(f"N2W_RETENTION: expected e.g. '18 months', '2 years', '90 days' or 'off', "
+                         f"got {value!r}")
+    return int(m.group(1)), m.group(2)
 
 
 @dataclass(frozen=True)
@@ -146,6 +163,10 @@ class Settings:
     """N2W_EXPORT_RETRIES: attempts of an export step before its run fails (backoff with jitter between)."""
     export_retry_seconds: float = 1.0
     """N2W_EXPORT_RETRY_SECONDS: first wait between attempts; doubles each time, random jitter, ≤ 60 s."""
+    partition_interval: str = "month"
+    """N2W_PARTITION_INTERVAL: time range of one partition of a wide table: week, month or quarter."""
+    retention: tuple[int, str] | None = None
+    """N2W_RETENTION: drop wide-table partitions older than this, e.g. `18 months` (unset/off: keep all)."""
 
     @property
     def source_qualified(self) -> tuple[str, str]:
@@ -207,6 +228,13 @@ class Settings:
         for name in ("check_min_fill_pct", "check_min_coverage_pct"):
             if (v := get(name.upper())) is not None:
                 kw[name] = _group_pcts(f"N2W_{name.upper()}", v)
+        if (v := get("PARTITION_INTERVAL")) is not None:
+            if v.strip().lower() not in PARTITION_INTERVALS:
+                raise ValueError(f"N2W_PARTITION_INTERVAL must be one of {', '.join(PARTITION_INTERVALS)}, "
+                                 f"got {v!r}")
+            kw["partition_interval"] = v.strip().lower()
+        if (v := get("RETENTION")) is not None:
+            kw["retention"] = parse_retention(v)
         cols = {
             f.name: env[f"N2W_COL_{f.name.upper()}"]
             for f in fields(SourceColumns)

@@ -620,13 +620,19 @@ def _merge(
     cols = [sql.Identifier(c) for c in plan.columns]
     time_col = sql.Identifier(TIME_COLUMN)
     merged = [sql.SQL("COALESCE(EXCLUDED.{0}, t.{0})").format(c) for c in cols]
+    # `pre` (the stage's timestamps already stored) sees the table as it was before the
+    # upsert (one snapshot for the whole statement): it tells inserts from updates, which
+    # RETURNING xmax cannot on a partitioned table
     q = sql.SQL(
-        """WITH up AS (
+        """WITH pre AS MATERIALIZED (SELECT x.{time} FROM (SELECT {time} FROM {stage}) x
+                          JOIN {target} p ON p.{time} = x.{time}),
+up AS (
   INSERT INTO {target} AS t ({time}, {cols}) SELECT {time}, {vals} FROM {stage}
   ON CONFLICT ({time}) DO UPDATE SET {assign}
     WHERE ROW({old}) IS DISTINCT FROM ROW({new})
-  RETURNING (xmax = 0) AS inserted)
-SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up"""
+  RETURNING t.{time})
+SELECT count(*) FILTER (WHERE pre.{time} IS NULL), count(*) FILTER (WHERE pre.{time} IS NOT NULL)
+FROM up LEFT JOIN pre ON pre.{time} = up.{time}"""
     ).format(
         target=target, time=time_col, cols=sql.SQL(", ").join(cols), stage=stage,
         vals=sql.SQL(", ").join(_staged(plan)),
@@ -903,6 +909,14 @@ def _block_hours(times_us: Iterable[np.ndarray]) -> list[dt.datetime]:
     return [from_hour_number(h) for h in np.unique(np.concatenate(arrays) // HOUR_US).tolist()]
 
 
+def _hour_window(times_us: np.ndarray) -> tuple[dt.datetime, dt.datetime] | None:
+    """[first hour, last hour + 1) of ``times_us``, or None when empty."""
+    if not times_us.size:
+        return None
+    hours = times_us // HOUR_US
+    return from_hour_number(int(hours.min())), from_hour_number(int(hours.max()) + 1)
+
+
 def _in_hours(plan: TablePlan, hours: tuple[int, int]) -> TablePlan:
     h = plan.block.times_us // HOUR_US
     return _take(plan, (h >= hours[0]) & (h < hours[1]))
@@ -1036,11 +1050,12 @@ def apply_parsed(
         t = time.perf_counter()
         ensure_support_tables(conn, settings)
         for p, shadow in zip(plan.tables, shadows, strict=True):
-            ensure_wide_table(conn, settings, p.group, ship)
+            hours = _hour_window(p.block.times_us)  # the time partitions the file's rows need
+            ensure_wide_table(conn, settings, p.group, ship, hours=hours)
             # the shadow gets only the columns corrections use (added as files need them):
             # inserting into a 655-column table costs twice as much as into a narrow one
             used = replace(p.group, channels=p.channels, columns=p.columns)
-            ensure_wide_table(conn, settings, used, ship, table=shadow)
+            ensure_wide_table(conn, settings, used, ship, table=shadow, hours=hours)
         phase["prepare"] = time.perf_counter() - t
         targets = [(sql.Identifier(schema, shadow), sql.Identifier(schema, rep.table))
                    for shadow, rep in zip(shadows, reports, strict=True)]

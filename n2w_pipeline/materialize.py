@@ -254,17 +254,21 @@ def prepare_tables(
     settings: Settings,
     groups: Sequence[ChannelGroup],
     ships: Sequence[str],
+    hours: tuple[dt.datetime, dt.datetime] | None = None,
 ) -> list[str]:
-    """Support tables plus every (ship, group) wide table; returns what changed, for logs."""
+    """Support tables plus every (ship, group) wide table, with the time partitions rows in
+    ``hours`` need; returns what changed, for logs."""
     ensure_support_tables(conn, settings)
     notes = []
     for ship in ships:
         for g in groups:
-            change = ensure_wide_table(conn, settings, g, ship)
+            change = ensure_wide_table(conn, settings, g, ship, hours=hours)
             if change.created:
                 notes.append(f"created {change.table} ({len(g.columns)} channel columns)")
             elif change.added_columns:
                 notes.append(f"added {len(change.added_columns)} column(s) to {change.table}")
+            if change.partitions:
+                notes.append(f"created partition(s) {', '.join(change.partitions)}")
     return notes
 
 
@@ -294,7 +298,7 @@ def materialize_window(
     total = WindowStats(ship, start, end)
     t0 = time.perf_counter()
     with psycopg.connect(url, autocommit=True) as ddl:
-        prepare_tables(ddl, settings, groups, [ship])
+        prepare_tables(ddl, settings, groups, [ship], (start, end))
     writers: list[psycopg.Connection] = []
     readers: list[NarrowReader] = []
     try:

@@ -32,6 +32,7 @@ from n2w_pipeline.channels import MAX_IDENTIFIER_BYTES, TIME_COLUMN, ChannelGrou
 from n2w_pipeline.config import Settings
 from n2w_pipeline.copy_binary import encode_copy_binary
 from n2w_pipeline.pivot import WideBlock
+from n2w_pipeline.storage.partitioning import ensure_partitions, partitioned_ddl
 
 COLUMN_MAP = "n2w_column_map"
 CORRECTION_FILES = "n2w_correction_files"
@@ -148,15 +149,23 @@ class TableChange:
     table: str
     created: bool
     added_columns: tuple[str, ...]
+    partitions: tuple[str, ...] = ()
+
+
+Window = tuple[dt.datetime, dt.datetime]
 
 
 def ensure_wide_table(
     conn: psycopg.Connection, settings: Settings, group: ChannelGroup, ship: str,
-    table: str | None = None,
+    table: str | None = None, hours: Window | None = None,
 ) -> TableChange:
-    """Create the wide table, or add the group's new channels as columns (rows untouched).
+    """Create the wide table, or add the group's new channels as columns (rows untouched),
+    and create the time partitions rows in ``hours`` ([start, end)) will need.
 
-    ``table`` overrides the name (the corrections shadow table has the same shape)."""
+    A new table is range-partitioned on created_time (``storage.partitioning``). Everything
+    happens in one transaction under the table's DDL advisory lock, so two runs never race
+    to create the same table, column or partition. ``table`` overrides the name (the
+    corrections shadow table has the same shape)."""
     schema = settings.target_schema
     table = table or settings.table_name(ship, group.number)
     target = _ident(schema, table)
@@ -167,7 +176,8 @@ def ensure_wide_table(
         if created:
             cols = [sql.SQL("{} timestamp PRIMARY KEY").format(sql.Identifier(TIME_COLUMN))]
             cols += [sql.SQL("{} double precision").format(sql.Identifier(c)) for c in group.columns]
-            conn.execute(sql.SQL("CREATE TABLE {} ({})").format(target, sql.SQL(", ").join(cols)))
+            conn.execute(sql.SQL("CREATE TABLE {} {}").format(
+                target, partitioned_ddl(sql.SQL(", ").join(cols))))
             added = group.columns
         else:
             present = set(have or ())
@@ -199,7 +209,8 @@ def ensure_wide_table(
                     ).format(_ident(schema, COLUMN_MAP)),
                     [(table, col, ch) for col, ch in long_ids.items()],
                 )
-    return TableChange(table, created, tuple(added))
+        parts = ensure_partitions(conn, schema, table, *hours, settings.partition_interval) if hours else []
+    return TableChange(table, created, tuple(added), tuple(parts))
 
 
 def lock_hours(conn: psycopg.Connection, ship: str, start: dt.datetime, end: dt.datetime) -> None:
@@ -277,13 +288,19 @@ def write_block(
     if block.rows:
         copy_block(conn, stage, col_list, block)
         data_cols = cols[1:]
+        # `pre` (the stage's timestamps already stored, read in the statement's one snapshot,
+        # before the upsert) tells inserts from updates: a partitioned table cannot return
+        # xmax, which did. Its window bounds prune the other partitions at plan time.
         upsert = sql.SQL(
-            """WITH up AS (
+            """WITH pre AS MATERIALIZED (SELECT s.{time} FROM {stage} s JOIN {target} p ON p.{time} = s.{time}
+             WHERE p.{time} >= %s AND p.{time} < %s),
+up AS (
   INSERT INTO {target} AS t ({cols}) SELECT {cols} FROM {stage}
   ON CONFLICT ({time}) DO UPDATE SET {assign}
   WHERE ({old}) IS DISTINCT FROM ({new})
-  RETURNING (xmax = 0) AS inserted)
-SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up"""
+  RETURNING t.{time})
+SELECT count(*) FILTER (WHERE pre.{time} IS NULL), count(*) FILTER (WHERE pre.{time} IS NOT NULL)
+FROM up LEFT JOIN pre ON pre.{time} = up.{time}"""
         ).format(
             target=target,
             cols=col_list,
@@ -293,7 +310,7 @@ SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FR
             old=sql.SQL(", ").join(sql.SQL("t.{}").format(c) for c in data_cols),
             new=sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(c) for c in data_cols),
         )
-        row = conn.execute(upsert).fetchone()
+        row = conn.execute(upsert, (start, end)).fetchone()
         assert row is not None
         inserted, updated = int(row[0]), int(row[1])
     deleted = conn.execute(

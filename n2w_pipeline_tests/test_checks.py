@@ -66,7 +66,7 @@ def crafted(settings: Settings, tmp_path: Path, conn: psycopg.Connection):
     for (number, t), cells in corrections.items():
         g = catalog.group(number)
         shadow = corrections_table_name(s, SHIP, number)
-        ensure_wide_table(conn, s, g, SHIP, table=shadow)
+        ensure_wide_table(conn, s, g, SHIP, table=shadow, hours=(t, t + dt.timedelta(hours=1)))
         conn.execute(sql.SQL("INSERT INTO {} (created_time, {}) VALUES (%s, {})").format(
             sql.Identifier(s.target_schema, shadow), sql.SQL(", ").join(map(sql.Identifier, cells)),
             sql.SQL(", ").join(sql.Placeholder() * len(cells))), (t, *cells.values()))

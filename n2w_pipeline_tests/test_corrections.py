@@ -90,7 +90,7 @@ def test_upsert_writes_only_file_cells_and_second_apply_is_noop(settings, catalo
     g1, g3 = catalog.group(1), catalog.group(3)
     other = g1.columns[5]
     ensure_support_tables(conn, settings)
-    ensure_wide_table(conn, settings, g1, SHIP)
+    ensure_wide_table(conn, settings, g1, SHIP, hours=(H0, H0 + dt.timedelta(days=1)))
     t1 = sql.Identifier(settings.target_schema, settings.table_name(SHIP, 1))
     conn.execute(sql.SQL("INSERT INTO {} (created_time, {}, {}, {}) VALUES (%s, 1, 2, 5)").format(
         t1, sql.Identifier(g1.columns[0]), sql.Identifier(g1.columns[1]), sql.Identifier(other)), (H0,))
@@ -329,7 +329,7 @@ def _large_file(settings: Settings, catalog, chans, rows: int):  # noqa: ANN001
     expected: dict[tuple[dt.datetime, str], float] = {}
     with psycopg.connect(settings.database_url, autocommit=True) as c:
         ensure_support_tables(c, settings)
-        ensure_wide_table(c, settings, g1, SHIP)
+        ensure_wide_table(c, settings, g1, SHIP, hours=(H0, H0 + dt.timedelta(days=1)))
         with c.cursor() as cur, cur.copy(sql.SQL("COPY {} (created_time, {}, {}) FROM STDIN").format(
                 table, sql.Identifier(g1.columns[0]), sql.Identifier(g1.columns[5]))) as cp:
             for i, t in enumerate(times[: 2 * third]):
@@ -362,7 +362,7 @@ def test_a_failing_update_reports_its_own_error(settings, catalog, chans, pg_url
     path = write(settings, GOOD, f"timestamp,{a}\n{ts(H0)},10\n")
     with psycopg.connect(pg_url, autocommit=True) as c, psycopg.connect(pg_url, autocommit=True) as blocker:
         ensure_support_tables(c, settings)
-        ensure_wide_table(c, settings, g1, SHIP)
+        ensure_wide_table(c, settings, g1, SHIP, hours=(H0, H0 + dt.timedelta(days=1)))
         c.execute(sql.SQL("INSERT INTO {} (created_time, {}) VALUES (%s, 1)").format(
             table, sql.Identifier(g1.columns[0])), (H0,))
         c.execute("SET lock_timeout = '300ms'")
