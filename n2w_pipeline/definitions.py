@@ -10,6 +10,7 @@ from n2w_pipeline.defs.checks import build_check_job, build_window_checks
 from n2w_pipeline.defs.corrections import build_correction_asset, build_correction_sensor
 from n2w_pipeline.defs.realtime import build_realtime_sensor
 from n2w_pipeline.defs.resources import database_resource
+from n2w_pipeline.defs.rollups import build_rollup_assets
 from n2w_pipeline.defs.wide_assets import build_wide_assets, narrow_source_spec
 
 
@@ -19,7 +20,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     window_checks = build_window_checks(settings, catalog)
     corrections = build_correction_asset(settings, catalog)
     return dg.Definitions(
-        assets=[narrow_source_spec(settings), wide, corrections],
+        assets=[narrow_source_spec(settings), wide, corrections, build_rollup_assets(settings, catalog)],
         asset_checks=[window_checks],
         jobs=[build_check_job(window_checks)],
         sensors=[build_realtime_sensor(settings, wide), build_correction_sensor(settings, corrections)],

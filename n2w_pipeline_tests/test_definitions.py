@@ -14,7 +14,7 @@ def test_definitions_resolve_with_expected_assets(settings):
     defs = build_definitions(settings)
     graph = defs.resolve_asset_graph()
     assert sorted(k.to_user_string() for k in graph.get_all_asset_keys()) == [
-        "csv_corrections", "narrow_timeseries",
+        "csv_corrections", "narrow_timeseries", "rollup_daily", "rollup_hourly",
         "wide_1_auxiliary_systems", "wide_2_engine_generator", "wide_3_navigation_ship",
     ]
     wide = defs.resolve_assets_def("wide_2_engine_generator")
