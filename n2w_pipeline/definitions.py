@@ -6,12 +6,13 @@ import dagster as dg
 
 from n2w_pipeline.channels import load_catalog
 from n2w_pipeline.config import Settings
+from n2w_pipeline.defs.automation import DayProduct, build_day_refresh_sensor
 from n2w_pipeline.defs.checks import build_check_job, build_window_checks
 from n2w_pipeline.defs.corrections import build_correction_asset, build_correction_sensor
 from n2w_pipeline.defs.realtime import build_realtime_sensor
 from n2w_pipeline.defs.resources import database_resource
 from n2w_pipeline.defs.rollups import build_rollup_assets
-from n2w_pipeline.defs.wide_assets import build_wide_assets, narrow_source_spec
+from n2w_pipeline.defs.wide_assets import build_wide_assets, narrow_source_spec, wide_asset_key
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
@@ -19,11 +20,16 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     wide = build_wide_assets(settings, catalog)
     window_checks = build_window_checks(settings, catalog)
     corrections = build_correction_asset(settings, catalog)
+    rollups = build_rollup_assets(settings, catalog)
+    day_products = [DayProduct(tuple(rollups.keys), request_finished_days=True)]
+    wide_keys = [wide_asset_key(g) for g in catalog.groups]
+    refresh = build_day_refresh_sensor(settings, wide_keys, day_products, corrections_key=corrections.key)
     return dg.Definitions(
-        assets=[narrow_source_spec(settings), wide, corrections, build_rollup_assets(settings, catalog)],
+        assets=[narrow_source_spec(settings), wide, corrections, rollups],
         asset_checks=[window_checks],
         jobs=[build_check_job(window_checks)],
-        sensors=[build_realtime_sensor(settings, wide), build_correction_sensor(settings, corrections)],
+        sensors=[build_realtime_sensor(settings, wide), build_correction_sensor(settings, corrections),
+                 refresh],
         resources={"n2w_db": database_resource()},
     )
 

@@ -15,9 +15,10 @@ from psycopg import sql
 
 from n2w_pipeline.channels import load_catalog
 from n2w_pipeline.config import Settings, parse_retention
+from n2w_pipeline.defs.automation import DayProduct, build_day_refresh_sensor
 from n2w_pipeline.defs.resources import N2WDatabase
-from n2w_pipeline.defs.rollups import build_rollup_assets
-from n2w_pipeline.defs.wide_assets import build_wide_assets
+from n2w_pipeline.defs.rollups import DAILY_KEY, HOURLY_KEY, build_rollup_assets
+from n2w_pipeline.defs.wide_assets import build_wide_assets, wide_asset_key
 from n2w_pipeline.generate import generate
 from n2w_pipeline.storage.partitioning import list_partitions, periods, table_kind
 from n2w_pipeline.storage.rollups import ROLLUP_DAILY, ROLLUP_HOURLY, reconcile
@@ -148,6 +149,12 @@ def test_backfill_across_a_month_boundary_lands_in_two_partitions_and_rollups_fo
             sql.Identifier(*settings.source_qualified)), (SHIP, late))
         before = stored_rollups(conn, settings, ROLLUP_HOURLY, SHIP)
         assert run_wide(settings, catalog, partition_key=hour_key(SHIP, H0), instance=instance).success
+        # the day_products_refresh sensor asks for exactly that day's rollups
+        sensor = build_day_refresh_sensor(settings, [wide_asset_key(g) for g in catalog.groups],
+                                          [DayProduct((HOURLY_KEY, DAILY_KEY))])
+        tick = sensor(dg.build_sensor_context(instance=instance))
+        assert [(r.partition_key, sorted(k.to_user_string() for k in r.asset_selection))
+                for r in tick.run_requests] == [(f"2025-02-28|{SHIP}", ["rollup_daily", "rollup_hourly"])]
         assert materialize_rollups(settings, catalog, SHIP, days[:1], instance).success
         after = stored_rollups(conn, settings, ROLLUP_HOURLY, SHIP)
         changed = {k for k in after if after[k] != before.get(k)}

@@ -16,6 +16,7 @@ import psycopg
 
 from n2w_pipeline.channels import ChannelCatalog
 from n2w_pipeline.config import Settings
+from n2w_pipeline.defs.automation import WATERMARK, wide_watermark
 from n2w_pipeline.defs.partitions import day_partitions, hours_to_days, split_day_key
 from n2w_pipeline.defs.resources import N2WDatabase
 from n2w_pipeline.defs.wide_assets import wide_asset_key
@@ -33,6 +34,7 @@ ROLLUP_GROUP = "rollups"
 HOURLY_KEY = dg.AssetKey("rollup_hourly")
 DAILY_KEY = dg.AssetKey("rollup_daily")
 CHECK_NAME = "rollup_reconciliation"
+CORRECTIONS_KEY = dg.AssetKey("csv_corrections")
 RUN_DAYS = 31
 """Day partitions per backfill run (one ship × up to a month of days)."""
 
@@ -92,6 +94,7 @@ def build_rollup_assets(settings: Settings, catalog: ChannelCatalog,
                         automation: dg.AutomationCondition | None = None) -> dg.AssetsDefinition:
     partitions = day_partitions(settings)
     groups = list(catalog.groups)
+    sources = [wide_asset_key(g) for g in groups] + [CORRECTIONS_KEY]
 
     @dg.multi_asset(
         name="rollups",
@@ -114,6 +117,9 @@ def build_rollup_assets(settings: Settings, catalog: ChannelCatalog,
         wide tables, then reconcile them against the wide rows."""
         days = sorted(split_day_key(partitions, k) for k in context.partition_keys)
         url = n2w_db.resolve_url(settings)
+        # before reading: the newest wide/correction change this run can have seen (the
+        # day_products_refresh sensor re-requests the day for any later one)
+        mark = wide_watermark(context.instance, [*sources])
         t0 = time.perf_counter()
         totals = {"wide_rows": 0, "hourly_rows": 0, "daily_rows": 0, "rows_changed": 0, "rows_deleted": 0}
         checks: dict[str, list[RollupCheck]] = {ROLLUP_HOURLY: [], ROLLUP_DAILY: []}
@@ -135,7 +141,7 @@ def build_rollup_assets(settings: Settings, catalog: ChannelCatalog,
         wall = time.perf_counter() - t0
         rate = round(totals["wide_rows"] / wall, 1) if wall else 0.0
         md = {**totals, "seconds": dg.MetadataValue.float(round(wall, 3)),
-              "wide_rows_per_s": dg.MetadataValue.float(rate), "days": len(days)}
+              "wide_rows_per_s": dg.MetadataValue.float(rate), "days": len(days), WATERMARK: mark}
         yield dg.MaterializeResult(asset_key=HOURLY_KEY, metadata=md)
         yield dg.MaterializeResult(asset_key=DAILY_KEY, metadata=md)
         yield _check_result(HOURLY_KEY, checks[ROLLUP_HOURLY], days)
