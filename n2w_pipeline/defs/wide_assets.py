@@ -174,7 +174,7 @@ def build_wide_assets(settings: Settings, catalog: ChannelCatalog) -> dg.AssetsD
         Reads each ship's hours in slices of N2W_SLICE_HOURS through COPY/Arrow, pivots in
         Polars and upserts each slice in one transaction under per-hour locks, so any
         re-run, range run or concurrent run of the same hours leaves the same tables.
-        Then the asset checks (checks.py) compare exactly these windows of the wide tables
+        Then the asset checks (n2w_pipeline.checks) compare exactly these windows of the wide tables
         with the narrow rows the run read (the on-demand check job counts the narrow table).
         """
         groups = [groups_by_key[k] for k in sorted(context.selected_asset_keys) if k in groups_by_key]
