@@ -54,7 +54,7 @@ from n2w_pipeline.defs.realtime import SENSOR_NAME  # noqa: E402
 from n2w_pipeline.generate import create_source_indexes, create_source_table  # noqa: E402
 from n2w_pipeline.instance import dagster_env  # noqa: E402
 from n2w_pipeline.materialize import materialize_window  # noqa: E402
-from n2w_pipeline.realtime import ensure_arrival_index  # noqa: E402
+from n2w_pipeline.realtime.index import ensure_arrival_index  # noqa: E402
 
 TARGET_P95 = 30.0
 MINUTE = dt.timedelta(minutes=1)

@@ -84,7 +84,7 @@ def _check_arrival_index(settings: Settings, url: str) -> None:
     schedule), and the sensor skips its ticks with the same message until it exists."""
     import psycopg
 
-    from n2w_pipeline.realtime import arrival_index_problem, ensure_arrival_index
+    from n2w_pipeline.realtime.index import arrival_index_problem, ensure_arrival_index
 
     with psycopg.connect(url, autocommit=True) as conn:
         problem = arrival_index_problem(conn, settings)

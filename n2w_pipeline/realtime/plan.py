@@ -1,0 +1,235 @@
+"""Planning a tick, pure (no I/O, no clock): what one read means for the runs to request
+and the cursor to store (``plan_tick``), and how partition runs group into one run per
+hour (``group_runs``)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+
+from n2w_pipeline.realtime.cursor import Arrival, Cursor, Key, Pending, split_part
+from n2w_pipeline.realtime.read import PartitionRows, TickRead
+
+MIN_SETTLE_SECONDS = 1.0
+"""A pending range is dropped no sooner than this after it was seen, besides the xid test:
+a transaction takes its xid at its first write, a moment after drawing its first id."""
+MAX_PENDING_SECONDS = 900.0
+"""A pending range still unsettled after this (a writer transaction open for 15 minutes)
+is given up with a warning, so one stuck session cannot grow every tick's work forever."""
+MAX_PENDING = 100
+"""More pending ranges than this are merged, oldest first (the merged range's partitions
+are re-run once: never a loss, at worst a spare run)."""
+MAX_DEFERRED = 2000
+"""Future (ship, hour) partitions kept in the cursor; beyond this the furthest are dropped."""
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One partition to (re-)materialise."""
+
+    ship: str
+    hour: dt.datetime
+    run_key: str
+    rows: int  # narrow rows that triggered it (new, late or deferred)
+    reason: str  # "new" (batch), "late" (a pending range filled in), "deferred" (hour now exists)
+
+
+@dataclass
+class TickPlan:
+    runs: list[PlannedRun]
+    cursor: Cursor
+    rows_read: int = 0
+    unknown_ships: dict[str, int] = field(default_factory=dict)  # this tick
+    before_start: int = 0  # rows of this tick whose hour precedes the first partition
+    deferred: int = 0  # partitions of this tick deferred to a future hour
+    warnings: list[str] = field(default_factory=list)
+    initialised: bool = False  # first tick: the frontier was set, nothing read
+
+    def summary(self) -> str:
+        if self.initialised:
+            return (f"first tick: starting after the newest narrow row ({self.cursor.frontier}); "
+                    "older rows are for `n2w backfill`")
+        parts = [f"{self.rows_read:,} new narrow row(s)", f"{len(self.runs)} partition run(s)"]
+        if self.unknown_ships:
+            parts.append(
+                f"{sum(self.unknown_ships.values()):,} row(s) of ship(s) not in N2W_SHIPS skipped "
+                f"{dict(sorted(self.unknown_ships.items()))}"
+            )
+        if self.before_start:
+            parts.append(f"{self.before_start:,} row(s) before N2W_PARTITION_START skipped")
+        if self.deferred:
+            parts.append(f"{self.deferred} partition(s) of a future hour deferred")
+        if self.cursor.pending:
+            parts.append(f"{len(self.cursor.pending)} arrival range(s) pending open transactions")
+        return "; ".join(parts)
+
+
+def run_key(ship: str, hour: dt.datetime, last: str, rows: int) -> str:
+    return f"rt:{ship}:{hour:%Y-%m-%dT%H:%M}:{last}:{rows}"
+
+
+Found = dict[str, tuple[Key, int, set[str]]]
+"""part → (last arrival value, rows, reasons): the partitions a tick found rows for."""
+
+
+def plan_tick(
+    read: TickRead,
+    cursor: Cursor,
+    arr: Arrival,
+    *,
+    ships: Sequence[str],
+    first_hour: dt.datetime,
+    last_hour: dt.datetime,
+    now: float,
+) -> TickPlan:
+    """Runs to request and the cursor to store after them (pure: no I/O, no clock).
+
+    ``first_hour``/``last_hour``: the first and the last existing hourly partition.
+    """
+    if read.initial is not None:
+        return TickPlan([], replace(cursor, frontier=read.initial), initialised=True)
+    found: Found = {}
+    skipped = dict(cursor.skipped)
+    plan = TickPlan([], cursor, rows_read=read.batch_rows)
+    for p in read.batch:
+        _add(found, p, "new")
+    pending = _watch_pending(read, cursor, arr, now, found, plan, skipped)
+    deferred = dict(cursor.deferred)
+    runs = _place(found, arr, set(ships), first_hour, last_hour, plan, skipped, deferred)
+    runs += _release_deferred(deferred, last_hour, {(r.ship, r.hour) for r in runs}, skipped)
+    runs.sort(key=lambda r: (r.hour, r.ship))
+    # The frontier moves past the batch: its partitions are in ``runs`` (or reported as
+    # skipped/deferred), and the sensor returns the runs together with this cursor.
+    frontier = read.batch_last if read.batch_last is not None else cursor.frontier
+    plan.runs = runs
+    plan.cursor = Cursor(arr.column, frontier, pending, deferred, skipped)
+    return plan
+
+
+def _add(found: Found, p: PartitionRows, reason: str) -> None:
+    last, rows, reasons = found.get(p.part, (p.last, 0, set()))
+    found[p.part] = (max(last, p.last), rows + p.rows, reasons | {reason})  # type: ignore[type-var]
+
+
+def _watch_pending(
+    read: TickRead, cursor: Cursor, arr: Arrival, now: float, found: Found, plan: TickPlan,
+    skipped: dict[str, int],
+) -> list[Pending]:
+    """The pending ranges to watch after this tick. Rows that appeared in a range since
+    the last read are ``late`` partitions in ``found``; a range is dropped once settled
+    (or given up after ``MAX_PENDING_SECONDS``); this tick's gaps (or, without unique
+    ids, its whole batch window) join; beyond ``MAX_PENDING`` the oldest are merged."""
+    pending: list[Pending] = []
+    for i, pend in enumerate(cursor.pending):
+        rows = read.pending.get(i, [])
+        counts = {p.part: p.rows for p in rows}
+        for p in rows:
+            if pend.seen is None or pend.seen.get(p.part) != p.rows:
+                _add(found, p, "late")
+        settled = read.xmin >= pend.xmax and now - pend.at >= MIN_SETTLE_SECONDS
+        if settled:
+            continue
+        if now - pend.at > MAX_PENDING_SECONDS:
+            plan.warnings.append(
+                f"arrival range ({arr.dump(pend.lo)}, {arr.dump(pend.hi)}] still has open writer "
+                f"transactions after {MAX_PENDING_SECONDS:.0f} s; no longer watched (rows committed "
+                "into it later need a backfill of their hours)")
+            skipped["pending_given_up"] = skipped.get("pending_given_up", 0) + 1
+            continue
+        pending.append(replace(pend, seen=counts))
+    if arr.unique:
+        pending += [Pending(lo, hi, read.xmax, now, {}) for lo, hi in read.gaps]
+    elif read.batch and cursor.frontier is not None and read.batch_last is not None:
+        pending.append(Pending(cursor.frontier, read.batch_last, read.xmax, now,
+                               {p.part: p.rows for p in read.batch}))
+    pending.sort(key=lambda p: p.lo)  # type: ignore[arg-type, return-value]
+    while len(pending) > MAX_PENDING:
+        a, b = pending[0], pending[1]
+        pending[:2] = [Pending(a.lo, max(a.hi, b.hi), max(a.xmax, b.xmax), min(a.at, b.at), None)]  # type: ignore[type-var]
+    return pending
+
+
+def _place(
+    found: Found, arr: Arrival, known: set[str], first_hour: dt.datetime, last_hour: dt.datetime,
+    plan: TickPlan, skipped: dict[str, int], deferred: dict[str, tuple[str, int]],
+) -> list[PlannedRun]:
+    """Each found partition: a run, or counted as skipped (unknown ship, before the first
+    partition), or deferred to the cursor (a future hour)."""
+    runs: list[PlannedRun] = []
+    for part, (last, rows, reasons) in found.items():
+        ship, hour = split_part(part)
+        if ship not in known:
+            plan.unknown_ships[ship] = plan.unknown_ships.get(ship, 0) + rows
+            skipped[f"unknown_ship:{ship}"] = skipped.get(f"unknown_ship:{ship}", 0) + rows
+        elif hour < first_hour:
+            plan.before_start += rows
+            skipped["before_partition_start"] = skipped.get("before_partition_start", 0) + rows
+        elif hour > last_hour:
+            old = deferred.get(part)
+            deferred[part] = (str(arr.dump(last)), rows + (old[1] if old else 0))
+            plan.deferred += 1
+        else:
+            reason = "new" if "new" in reasons else "late"
+            runs.append(PlannedRun(ship, hour, run_key(ship, hour, str(arr.dump(last)), rows), rows, reason))
+    return runs
+
+
+def _release_deferred(
+    deferred: dict[str, tuple[str, int]], last_hour: dt.datetime, running: set[tuple[str, dt.datetime]],
+    skipped: dict[str, int],
+) -> list[PlannedRun]:
+    """Runs of the deferred partitions whose hour now exists (taken out of ``deferred``);
+    beyond ``MAX_DEFERRED`` the furthest are dropped and counted."""
+    runs: list[PlannedRun] = []
+    for part in sorted(deferred):
+        ship, hour = split_part(part)
+        if hour <= last_hour:
+            last, rows = deferred.pop(part)
+            if (ship, hour) not in running:  # a run re-reads the whole hour: one is enough
+                runs.append(PlannedRun(ship, hour, run_key(ship, hour, last, rows) + ":d", rows,
+                                       "deferred"))
+    if len(deferred) > MAX_DEFERRED:
+        for part in sorted(deferred, key=lambda k: split_part(k)[1])[MAX_DEFERRED:]:
+            skipped["deferred_dropped"] = skipped.get("deferred_dropped", 0) + deferred.pop(part)[1]
+    return runs
+
+@dataclass(frozen=True)
+class RunGroup:
+    """One run: one hour × a contiguous range of ships (in N2W_SHIPS order).
+
+    A Dagster run costs seconds of start-up (~10 s wall on two busy cores) whatever it
+    does, while re-reading one more ship-hour costs well under a second, so the sensor
+    asks for one run per hour per tick: ships between the first and the last ship with
+    new rows are re-materialised too (idempotent, unchanged rows are not rewritten).
+    """
+
+    hour: dt.datetime
+    ships: tuple[str, ...]  # the whole range, first..last
+    triggered: tuple[str, ...]  # ships with new/late/deferred rows
+    rows: int
+    reason: str  # new | late | deferred (the first that applies)
+    run_key: str
+
+
+def group_runs(runs: Sequence[PlannedRun], ships: Sequence[str]) -> list[RunGroup]:
+    """Partition runs → one run per hour covering its ships' range, oldest hour first."""
+    order = {s: i for i, s in enumerate(ships)}
+    by_hour: dict[dt.datetime, list[PlannedRun]] = {}
+    for r in runs:
+        by_hour.setdefault(r.hour, []).append(r)
+    out = []
+    for hour in sorted(by_hour):
+        rs = sorted(by_hour[hour], key=lambda r: order[r.ship])
+        span = tuple(ships[order[rs[0].ship]: order[rs[-1].ship] + 1])
+        reasons = {r.reason for r in rs}
+        reason = next(x for x in ("new", "late", "deferred") if x in reasons)
+        digest = hashlib.sha1("|".join(r.run_key for r in rs).encode()).hexdigest()[:16]
+        key = f"rt:{hour:%Y-%m-%dT%H:%M}:{span[0]}..{span[-1]}:{digest}"
+        out.append(RunGroup(hour, span, tuple(r.ship for r in rs), sum(r.rows for r in rs), reason, key))
+    return out
+
+
+def describe_runs(runs: Iterable[PlannedRun]) -> str:
+    return ", ".join(f"{r.ship} {r.hour:%Y-%m-%d %H:00} ({r.rows:,} {r.reason})" for r in runs)

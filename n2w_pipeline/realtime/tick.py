@@ -1,0 +1,33 @@
+"""One tick of the realtime sensor: ``read_tick`` then ``plan_tick``, against the
+configured ships and the hourly partitions that exist now."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import psycopg
+
+from n2w_pipeline.config import Settings
+from n2w_pipeline.hours import floor_hour
+from n2w_pipeline.realtime.cursor import Cursor, arrival
+from n2w_pipeline.realtime.plan import TickPlan, plan_tick
+from n2w_pipeline.realtime.read import read_tick
+
+
+def partition_hours(settings: Settings, now_utc: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    """(first, last) existing hourly partition, naive on the created_time clock (UTC):
+    the last is the current, still open hour (the partitions' ``end_offset=1``)."""
+    first = dt.datetime.strptime(settings.partition_start, "%Y-%m-%d-%H:%M")
+    return first, floor_hour(now_utc.astimezone(dt.UTC).replace(tzinfo=None))
+
+
+def tick(
+    conn: psycopg.Connection, settings: Settings, cursor_json: str | None, now_utc: dt.datetime
+) -> TickPlan:
+    """``read_tick`` + ``plan_tick`` against the configured ships and partitions."""
+    arr = arrival(settings)
+    cursor = Cursor.from_json(cursor_json, arr)
+    read = read_tick(conn, settings, cursor)
+    first, last = partition_hours(settings, now_utc)
+    return plan_tick(read, cursor, arr, ships=settings.ships, first_hour=first, last_hour=last,
+                     now=now_utc.timestamp())
