@@ -49,8 +49,13 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from n2w_pipeline.storage.pooling import PoolingModeError
+
     try:
         return int(args.func(args) or 0)
+    except PoolingModeError as e:
+        print(f"n2w: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -71,6 +71,9 @@ def embedded_url(state_dir: Path, database: str = DATA_DB) -> str:
 def database_url(settings: Settings) -> str:
     """The data database's URL: the configured one, else the embedded server's."""
     if settings.database_url:
+        from n2w_pipeline.storage.pooling import require_session_pooling
+
+        require_session_pooling(settings.database_url)  # a transaction pooler: refuse, saying why
         return settings.database_url
     return embedded_url(settings.state_dir, DATA_DB)
 

@@ -168,3 +168,61 @@ def test_backfill_across_a_month_boundary_lands_in_two_partitions_and_rollups_fo
                              "AND bucket = %s").format(rollup), (SHIP, H0))
         out = reconcile(conn, settings, catalog.groups, SHIP, H0.date(), ROLLUP_HOURLY)
         assert out.differences == 1 and out.first[0]["channel_id"] == "/b"
+
+
+def test_retention_drops_only_whole_old_months_after_their_export(small, conn, tmp_path):
+    from n2w_pipeline.export.paths import parquet_path
+    from n2w_pipeline.storage import retention
+    from n2w_pipeline.storage.rollups import ensure_rollup_tables, refresh_day
+    from n2w_pipeline.write import corrections_table_name, ensure_support_tables, ensure_wide_table
+
+    settings, catalog = small
+    settings = replace(settings, retention=(3, "month"), export_dir=tmp_path / "export")
+    g = catalog.group(1)
+    s = settings.target_schema
+    table, shadow = settings.table_name(SHIP, 1), corrections_table_name(settings, SHIP, 1)
+    jan, may = dt.datetime(2025, 1, 1), dt.datetime(2025, 5, 1)
+    ensure_support_tables(conn, settings)
+    ensure_wide_table(conn, settings, g, SHIP, hours=(jan, may))
+    ensure_wide_table(conn, settings, g, SHIP, table=shadow, hours=(jan, may))
+    for name in (table, shadow):  # one row every 6 hours, Jan..Apr
+        conn.execute(sql.SQL("INSERT INTO {} (created_time, {}) SELECT t, extract(epoch FROM t) FROM "
+                             "generate_series(%s::timestamp, %s::timestamp - interval '1 hour', "
+                             "interval '6 hours') t")
+                     .format(sql.Identifier(s, name), sql.Identifier(g.columns[0])), (jan, may))
+    ensure_rollup_tables(conn, settings)
+    refresh_day(conn, settings, catalog.groups, SHIP, dt.date(2025, 1, 10))
+    rollups_before = stored_rollups(conn, settings, ROLLUP_HOURLY, SHIP)
+    kept_before = conn.execute(sql.SQL("SELECT count(*), sum({}) FROM {} WHERE created_time >= '2025-03-01'")
+                               .format(sql.Identifier(g.columns[0]), sql.Identifier(s, table))).fetchone()
+    # export of January done, February only partly
+    for d in range(31):
+        path = parquet_path(settings, g, SHIP, dt.date(2025, 1, 1) + dt.timedelta(days=d))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    for d in range(27):
+        path = parquet_path(settings, g, SHIP, dt.date(2025, 2, 1) + dt.timedelta(days=d))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+
+    now = dt.datetime(2025, 6, 15, 12)  # cutoff 2025-03-15 12:00: January and February only
+    found = retention.apply(conn, settings, catalog.groups, now)
+    assert [(e.partition.name, e.dropped, bool(e.blocked)) for e in found] == [
+        (f"{table}_p20250101", True, False), (f"{table}_p20250201", False, True)]
+    assert "2025-02-28" in (found[1].blocked or "")
+    assert [p.name for p in list_partitions(conn, s, table)] == [
+        f"{table}_p20250201", f"{table}_p20250301", f"{table}_p20250401"]
+    assert [p.name for p in list_partitions(conn, s, shadow)] == [
+        f"{shadow}_p20250201", f"{shadow}_p20250301", f"{shadow}_p20250401"]
+
+    path = parquet_path(settings, g, SHIP, dt.date(2025, 2, 28))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    found = retention.apply(conn, settings, catalog.groups, now)
+    assert [(e.partition.name, e.dropped) for e in found] == [(f"{table}_p20250201", True)]
+    assert [p.name for p in list_partitions(conn, s, table)] == [f"{table}_p20250301", f"{table}_p20250401"]
+    kept_after = conn.execute(sql.SQL("SELECT count(*), sum({}) FROM {}").format(
+        sql.Identifier(g.columns[0]), sql.Identifier(s, table))).fetchone()
+    assert kept_after == kept_before  # March and April untouched, row for row
+    assert stored_rollups(conn, settings, ROLLUP_HOURLY, SHIP) == rollups_before  # rollups kept
+    assert retention.apply(conn, settings, catalog.groups, now) == []  # nothing left to do

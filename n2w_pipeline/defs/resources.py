@@ -5,6 +5,7 @@ import dagster as dg
 
 from n2w_pipeline.config import Settings
 from n2w_pipeline.database import database_url
+from n2w_pipeline.storage.pooling import require_session_pooling
 
 
 class N2WDatabase(dg.ConfigurableResource):
@@ -17,7 +18,10 @@ class N2WDatabase(dg.ConfigurableResource):
     url: str | None = None
 
     def resolve_url(self, settings: Settings) -> str:
-        return self.url or database_url(settings)
+        if self.url:
+            require_session_pooling(self.url)  # a transaction pooler: refuse, saying why
+            return self.url
+        return database_url(settings)
 
 
 def database_resource() -> N2WDatabase:
