@@ -12,7 +12,7 @@ import logging
 import sys
 import warnings
 
-COMMANDS = ("demo", "generate", "backfill", "check", "corrections", "dev", "db_url", "bench")
+COMMANDS = ("demo", "generate", "backfill", "check", "corrections", "dev", "db_url", "bench", "storage")
 
 EPILOG = """\
 Configuration comes from N2W_* environment variables (see docs/operating.md). With no

@@ -11,6 +11,7 @@ from n2w_pipeline.defs.checks import build_check_job, build_window_checks
 from n2w_pipeline.defs.corrections import build_correction_asset, build_correction_sensor
 from n2w_pipeline.defs.realtime import build_realtime_sensor
 from n2w_pipeline.defs.resources import database_resource
+from n2w_pipeline.defs.retention import build_retention_job, build_retention_schedule
 from n2w_pipeline.defs.rollups import build_rollup_assets
 from n2w_pipeline.defs.wide_assets import build_wide_assets, narrow_source_spec, wide_asset_key
 
@@ -23,11 +24,13 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     rollups = build_rollup_assets(settings, catalog)
     day_products = [DayProduct(tuple(rollups.keys), request_finished_days=True)]
     wide_keys = [wide_asset_key(g) for g in catalog.groups]
+    retention = build_retention_job(settings, catalog)
     refresh = build_day_refresh_sensor(settings, wide_keys, day_products, corrections_key=corrections.key)
     return dg.Definitions(
         assets=[narrow_source_spec(settings), wide, corrections, rollups],
         asset_checks=[window_checks],
-        jobs=[build_check_job(window_checks)],
+        jobs=[build_check_job(window_checks), retention],
+        schedules=[build_retention_schedule(settings, retention)],
         sensors=[build_realtime_sensor(settings, wide), build_correction_sensor(settings, corrections),
                  refresh],
         resources={"n2w_db": database_resource()},

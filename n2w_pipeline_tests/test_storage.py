@@ -226,3 +226,50 @@ def test_retention_drops_only_whole_old_months_after_their_export(small, conn, t
     assert kept_after == kept_before  # March and April untouched, row for row
     assert stored_rollups(conn, settings, ROLLUP_HOURLY, SHIP) == rollups_before  # rollups kept
     assert retention.apply(conn, settings, catalog.groups, now) == []  # nothing left to do
+
+
+def test_migrate_converts_a_plain_table_month_by_month_keeping_every_cell_and_concurrent_writes(
+        small, conn):
+    from n2w_pipeline.storage.migrate import migrate_table
+    from n2w_pipeline_tests.helpers import table_digest
+
+    settings, catalog = small
+    g = catalog.group(1)
+    s, table = settings.target_schema, settings.table_name(SHIP, 1)
+    t = sql.Identifier(s, table)
+    cols = sql.SQL(", ").join(sql.SQL("{} double precision").format(sql.Identifier(c)) for c in g.columns)
+    conn.execute(sql.SQL("CREATE TABLE {} (created_time timestamp PRIMARY KEY, {})").format(t, cols))
+    first = sql.Identifier(g.columns[0])
+    conn.execute(sql.SQL("COMMENT ON COLUMN {}.{} IS 'a long channel id'").format(t, first))
+    conn.execute(sql.SQL(
+        "INSERT INTO {} SELECT ts, extract(epoch FROM ts), NULLIF(extract(hour FROM ts), 4), -1.5, random() "
+        "FROM generate_series('2025-01-15'::timestamp, '2025-03-20', interval '30 minutes') ts").format(t))
+    writes = iter([
+        "UPDATE {} SET \"/b\" = 42 WHERE created_time = '2025-01-20 10:00'",       # a copied month
+        "DELETE FROM {} WHERE created_time = '2025-02-01 00:30'",
+        "INSERT INTO {} (created_time, \"/c\") VALUES ('2025-01-31 23:59:59', 7)",
+    ])
+
+    def during_copy(message: str) -> None:  # another writer, between the period copies
+        for w in (next(writes, None),):
+            if w:
+                conn.execute(sql.SQL(w).format(t))
+
+    report = migrate_table(conn, s, table, "month", keep_old=True, log=during_copy)
+    assert report.periods_copied == 3 and report.hours_recopied == 3
+    assert table_kind(conn, s, table) == "p"
+    assert [p.name for p in list_partitions(conn, s, table)][:3] == [
+        f"{table}_p20250101", f"{table}_p20250201", f"{table}_p20250301"]
+    assert table_digest(conn, s, table) == table_digest(conn, s, table + "__n2w_old")
+    assert table_digest(conn, s, table)[0] == 64 * 48 + 1  # + 1 inserted - 1 deleted
+    comment = conn.execute("SELECT col_description(%s::regclass, 2)", (t.as_string(conn),)).fetchone()
+    assert comment == ("a long channel id",)
+    leftovers = conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'n2w_migrate%%'").fetchone()
+    assert leftovers == (0,)
+    # n2w writes the migrated table like any other: a backfill across the month boundary
+    generate(conn, settings, catalog, [SHIP], H0, H_END, seed=3)
+    assert run_wide(settings, catalog, first=hour_key(SHIP, H0), last=hour_key(SHIP, H_END - HOUR)).success
+    ref_times, ref_cells = sql_reference(conn, settings, g, SHIP, H0, H_END)
+    times, cells = wide_cells(conn, settings, g, SHIP)
+    assert ref_times <= times and all(cells[k] == v for k, v in ref_cells.items())
+    assert migrate_table(conn, s, table, "month").skipped == "already partitioned"
