@@ -77,8 +77,9 @@ def run_status(args: argparse.Namespace) -> int:
             names = [p.name for p in parts] or [table]
             size = conn.execute(
                 "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0), "
-                "coalesce(sum(greatest(c.reltuples, 0)), 0) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE n.nspname = %s AND c.relname = ANY(%s)", (s, names)).fetchone()
+                "coalesce(sum(greatest(c.reltuples, 0)), 0) FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = ANY(%s)",
+                (s, names)).fetchone()
             assert size is not None
             what = (f"partitioned, {len(parts)} partition(s) "
                     f"{parts[0].start:%Y-%m-%d} .. {parts[-1].end:%Y-%m-%d}" if parts and parts[0].start
