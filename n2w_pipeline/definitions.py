@@ -9,10 +9,12 @@ from n2w_pipeline.config import Settings
 from n2w_pipeline.defs.automation import DayProduct, build_day_refresh_sensor
 from n2w_pipeline.defs.checks import build_check_job, build_window_checks
 from n2w_pipeline.defs.corrections import build_correction_asset, build_correction_sensor
+from n2w_pipeline.defs.exports import build_export_assets, export_product
 from n2w_pipeline.defs.realtime import build_realtime_sensor
-from n2w_pipeline.defs.resources import database_resource
+from n2w_pipeline.defs.resources import clickhouse_resource, database_resource
 from n2w_pipeline.defs.retention import build_retention_job, build_retention_schedule
 from n2w_pipeline.defs.rollups import build_rollup_assets
+from n2w_pipeline.defs.schedules import build_export_schedule
 from n2w_pipeline.defs.wide_assets import build_wide_assets, narrow_source_spec, wide_asset_key
 
 
@@ -22,18 +24,19 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     window_checks = build_window_checks(settings, catalog)
     corrections = build_correction_asset(settings, catalog)
     rollups = build_rollup_assets(settings, catalog)
-    day_products = [DayProduct(tuple(rollups.keys), request_finished_days=True)]
+    exports = build_export_assets(settings, catalog)
+    day_products = [DayProduct(tuple(rollups.keys), request_finished_days=True), export_product(catalog)]
     wide_keys = [wide_asset_key(g) for g in catalog.groups]
     retention = build_retention_job(settings, catalog)
     refresh = build_day_refresh_sensor(settings, wide_keys, day_products, corrections_key=corrections.key)
     return dg.Definitions(
-        assets=[narrow_source_spec(settings), wide, corrections, rollups],
+        assets=[narrow_source_spec(settings), wide, corrections, rollups, exports],
         asset_checks=[window_checks],
         jobs=[build_check_job(window_checks), retention],
-        schedules=[build_retention_schedule(settings, retention)],
+        schedules=[build_retention_schedule(settings, retention), build_export_schedule(settings, exports)],
         sensors=[build_realtime_sensor(settings, wide), build_correction_sensor(settings, corrections),
                  refresh],
-        resources={"n2w_db": database_resource()},
+        resources={"n2w_db": database_resource(), "n2w_clickhouse": clickhouse_resource()},
     )
 
 

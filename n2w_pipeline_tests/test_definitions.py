@@ -14,9 +14,16 @@ def test_definitions_resolve_with_expected_assets(settings):
     defs = build_definitions(settings)
     graph = defs.resolve_asset_graph()
     assert sorted(k.to_user_string() for k in graph.get_all_asset_keys()) == [
-        "csv_corrections", "narrow_timeseries", "rollup_daily", "rollup_hourly",
+        "clickhouse_1_auxiliary_systems", "clickhouse_2_engine_generator", "clickhouse_3_navigation_ship",
+        "csv_corrections", "narrow_timeseries",
+        "parquet_1_auxiliary_systems", "parquet_2_engine_generator", "parquet_3_navigation_ship",
+        "rollup_daily", "rollup_hourly",
         "wide_1_auxiliary_systems", "wide_2_engine_generator", "wide_3_navigation_ship",
     ]
+    exports = defs.resolve_assets_def("parquet_2_engine_generator")
+    assert [d.name for d in exports.partitions_def.partitions_defs] == ["day", "ship"]
+    assert "daily_export" in {s.name for s in defs.schedules}
+    assert "day_products_refresh" in {s.name for s in defs.sensors}
     wide = defs.resolve_assets_def("wide_2_engine_generator")
     pd = wide.partitions_def
     assert isinstance(pd, dg.MultiPartitionsDefinition)

@@ -30,3 +30,37 @@ def database_resource() -> N2WDatabase:
     if os.environ.get("N2W_DATABASE_URL"):
         return N2WDatabase(url=dg.EnvVar("N2W_DATABASE_URL"))
     return N2WDatabase()
+
+
+class N2WClickHouse(dg.ConfigurableResource):
+    """ClickHouse the exports load and ``n2w olap`` queries.
+
+    ``url`` (from ``N2W_CLICKHOUSE_URL``, shown in the UI by name only): an existing server
+    through clickhouse-connect, ``http[s]://user:password@host:8123/database``. Unset: the
+    embedded chDB with its data under ``path`` (``N2W_CLICKHOUSE_PATH``, default
+    ``<N2W_STATE_DIR>/clickhouse``).
+    """
+
+    url: str | None = None
+    path: str | None = None
+
+    def open(self, settings: Settings, log=None):  # noqa: ANN001, ANN201 - a context manager
+        from dataclasses import replace
+        from pathlib import Path
+
+        from n2w_pipeline.export.day import clickhouse_backend
+
+        if self.path:
+            settings = replace(settings, clickhouse_path=Path(self.path))
+        return clickhouse_backend(settings, self.url or None, log)
+
+
+def clickhouse_resource() -> N2WClickHouse:
+    import os
+
+    kw = {}
+    if os.environ.get("N2W_CLICKHOUSE_URL"):
+        kw["url"] = dg.EnvVar("N2W_CLICKHOUSE_URL")
+    if os.environ.get("N2W_CLICKHOUSE_PATH"):
+        kw["path"] = dg.EnvVar("N2W_CLICKHOUSE_PATH")
+    return N2WClickHouse(**kw)

@@ -1,0 +1,313 @@
+"""ClickHouse: the embedded engine (chDB) by default, an existing server through clickhouse-connect.
+
+One MergeTree table per channel group (``<database>.<group asset name>``)::
+
+    created_time DateTime64(6, 'UTC'), ship_id LowCardinality(String), `<column>` Nullable(Float64) …
+    ENGINE = MergeTree PARTITION BY toYYYYMM(created_time) ORDER BY (ship_id, created_time)
+
+**Idempotent ship-day loads.** A day's slices go into a private stage table (``ENGINE =
+Memory``) first; only when the whole day is read does ``replace_day`` delete the ship-day from
+the table (a lightweight ``DELETE``) and ``INSERT … SELECT`` the stage. A re-run or a corrected
+day therefore replaces that ship-day, never adds to it; a read that fails half-way leaves the
+table as it was. Between the DELETE and the INSERT (milliseconds to a second) a reader can
+see the ship-day empty; ClickHouse has no transaction to close that gap. Two loads of the same
+ship-day never interleave: the export holds a PostgreSQL advisory lock on the ship-day
+(``export/day.py``). Chosen over a ReplacingMergeTree: that needs ``FINAL`` (or a merge) in
+every query to hide old versions, and cannot remove a row that disappeared from PostgreSQL
+without writing tombstones.
+
+**Schema evolution.** A channel appended to a list becomes ``ALTER TABLE … ADD COLUMN IF NOT
+EXISTS `<column>` Nullable(Float64)`` before the next load; older rows read NULL there.
+
+**chDB is in-process**: one data folder per process at a time, and a folder used by one
+process only. ``ChdbBackend`` holds an exclusive ``flock`` on ``<folder>.lock`` while its
+session is open, so a second process (another Dagster run, ``n2w olap`` while ``n2w dev``
+exports) waits for it instead of failing; a session is opened per step and closed after it.
+
+Every value is bound as a ClickHouse query parameter (``{name:Type}``); identifiers are
+back-quoted by ``ident``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+import pyarrow as pa
+
+from n2w_pipeline.channels import TIME_COLUMN, ChannelGroup
+from n2w_pipeline.export.read import SHIP_COLUMN, ColumnStats
+
+DEFAULT_DATABASE = "n2w"
+TIME_TYPE = "DateTime64(6, 'UTC')"
+STATS_CHUNK = 500
+LOCK_WAIT_SECONDS = 600.0
+
+
+class ClickHouseError(RuntimeError):
+    """ClickHouse cannot be used; the message is one line saying where and why."""
+
+
+def ident(name: str) -> str:
+    """A back-quoted ClickHouse identifier."""
+    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+def redact_url(url: str) -> str:
+    """The URL without user and password (for logs, metadata and errors)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=host))
+
+
+class Backend(Protocol):
+    database: str
+    label: str
+
+    def command(self, query: str, params: dict[str, Any] | None = None) -> None: ...
+    def query_arrow(self, query: str, params: dict[str, Any] | None = None) -> pa.Table: ...
+    def insert_arrow(self, table: str, data: pa.Table) -> None: ...
+    def close(self) -> None: ...
+
+
+_process_lock = threading.Lock()
+
+
+class ChdbBackend:
+    """chDB with its data under ``path`` (created if missing)."""
+
+    def __init__(self, path: Path, database: str = DEFAULT_DATABASE,
+                 lock_wait: float = LOCK_WAIT_SECONDS, log=None) -> None:  # noqa: ANN001
+        from chdb import session
+
+        self.database = database
+        self.path = Path(path).resolve()
+        self.label = f"embedded ClickHouse (chDB) at {self.path}"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not _process_lock.acquire(timeout=lock_wait):
+            raise ClickHouseError(f"{self.label}: still in use by this process after {lock_wait:.0f} s")
+        self._lock_file = None
+        try:
+            lock_path = self.path.with_name(self.path.name + ".lock")
+            self._lock_file = _flock(lock_path, lock_wait, self.label, log)
+            self._session = session.Session(str(self.path))
+            self._session.query(f"CREATE DATABASE IF NOT EXISTS {ident(database)}")
+            self._session.query(f"USE {ident(database)}")
+        except BaseException:
+            self._release()
+            raise
+
+    def command(self, query: str, params: dict[str, Any] | None = None) -> None:
+        self._session.query(query, "CSV", params=params or {})
+
+    def query_arrow(self, query: str, params: dict[str, Any] | None = None) -> pa.Table:
+        return self._session.query(query, "ArrowTable", params=params or {})
+
+    def insert_arrow(self, table: str, data: pa.Table) -> None:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, data.schema) as writer:
+            writer.write_table(data)
+        cols = ", ".join(ident(c) for c in data.column_names)
+        inserter = self._session.send_insert(f"INSERT INTO {table} ({cols})", "ArrowStream")
+        inserter.append(sink.getvalue().to_pybytes())
+        inserter.finish()
+
+    def close(self) -> None:
+        try:
+            self._session.close()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the flock
+            self._lock_file = None
+        with contextlib.suppress(RuntimeError):
+            _process_lock.release()
+
+
+def _flock(path: Path, wait: float, label: str, log) -> Any:  # noqa: ANN001
+    f = open(path, "a")  # noqa: SIM115 - kept open while the lock is held
+    deadline = time.monotonic() + wait
+    told = False
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return f
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                f.close()
+                raise ClickHouseError(f"{label}: in use by another process for over {wait:.0f} s") from None
+            if not told and log is not None:
+                log.info(f"waiting for {label}: in use by another process")
+                told = True
+            time.sleep(0.2)
+
+
+class ServerBackend:
+    """An existing ClickHouse server through clickhouse-connect (HTTP). ``url``:
+    ``http[s]://user:password@host:8123/database`` (database default ``n2w``)."""
+
+    def __init__(self, url: str, database: str | None = None) -> None:
+        import clickhouse_connect
+
+        parts = urlsplit(url)
+        self.database = database or parts.path.strip("/") or DEFAULT_DATABASE
+        self.label = f"ClickHouse server {redact_url(url)}"
+        try:
+            self._client = clickhouse_connect.get_client(
+                host=parts.hostname or "localhost",
+                port=parts.port or (8443 if parts.scheme == "https" else 8123),
+                username=parts.username or "default", password=parts.password or "",
+                secure=parts.scheme == "https", connect_timeout=5, send_receive_timeout=300,
+            )
+        except Exception as e:
+            raise _server_error(self.label, url, e) from None
+        self._client.command(f"CREATE DATABASE IF NOT EXISTS {ident(self.database)}")
+        self._client.database = self.database
+
+    def command(self, query: str, params: dict[str, Any] | None = None) -> None:
+        self._client.command(query, parameters=params or None)
+
+    def query_arrow(self, query: str, params: dict[str, Any] | None = None) -> pa.Table:
+        return self._client.query_arrow(query, parameters=params or None)
+
+    def insert_arrow(self, table: str, data: pa.Table) -> None:
+        self._client.insert_arrow(table, data)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _server_error(label: str, url: str, exc: Exception) -> Exception:
+    """Connection failures stay retryable (OSError); an old server gets a one-line reason."""
+    text = " ".join(str(exc).split())
+    if "readonly" in text and "system.settings" in text or "Unknown identifier: readonly" in text:
+        version = _plain_version(url)
+        return ClickHouseError(
+            f"{label}: ClickHouse {version or '(old)'} is too old for clickhouse-connect, which reads "
+            "system.settings.readonly at connect (ClickHouse 18.x has no such column); use a current "
+            "ClickHouse server, or unset N2W_CLICKHOUSE_URL for the embedded chDB")
+    if isinstance(exc, OSError) or "Connection refused" in text or "Max retries exceeded" in text:
+        return ConnectionError(f"{label}: unreachable ({text[:200]})")
+    return ClickHouseError(f"{label}: {text[:300]}")
+
+
+def _plain_version(url: str) -> str | None:
+    """``SELECT version()`` over plain HTTP, for the message about an old server."""
+    import urllib.request
+
+    parts = urlsplit(url)
+    base = urlunsplit(parts._replace(netloc=f"{parts.hostname}:{parts.port or 8123}", path="/", query=""))
+    try:
+        with urllib.request.urlopen(base + "?query=SELECT%20version()", timeout=5) as r:  # noqa: S310
+            return r.read().decode().strip()
+    except Exception:  # noqa: BLE001 - only for the message
+        return None
+
+
+@contextlib.contextmanager
+def open_backend(url: str | None, path: Path, log=None) -> Iterator[Backend]:  # noqa: ANN001
+    """The configured ClickHouse for the duration of a ``with`` block."""
+    backend: Backend = ServerBackend(url) if url else ChdbBackend(path, log=log)
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
+# ------------------------------------------------------------------ tables
+
+def table_name(backend: Backend, group: ChannelGroup) -> str:
+    return f"{ident(backend.database)}.{ident(group.asset_name)}"
+
+
+def existing_columns(backend: Backend, group: ChannelGroup) -> list[str] | None:
+    got = backend.query_arrow(
+        "SELECT name FROM system.columns WHERE database = {db:String} AND table = {t:String} "
+        "ORDER BY position",
+        {"db": backend.database, "t": group.asset_name},
+    )
+    names = [str(v) for v in got.column(0).to_pylist()] if got.num_rows else []
+    return names or None
+
+
+def ensure_table(backend: Backend, group: ChannelGroup) -> tuple[bool, list[str]]:
+    """Create the group's table or add the list's new channels: (created, added columns)."""
+    have = existing_columns(backend, group)
+    if have is None:
+        cols = [f"{ident(TIME_COLUMN)} {TIME_TYPE}", f"{ident(SHIP_COLUMN)} LowCardinality(String)"]
+        cols += [f"{ident(c)} Nullable(Float64)" for c in group.columns]
+        backend.command(
+            f"CREATE TABLE IF NOT EXISTS {table_name(backend, group)} ({', '.join(cols)}) "
+            f"ENGINE = MergeTree PARTITION BY toYYYYMM({ident(TIME_COLUMN)}) "
+            f"ORDER BY ({ident(SHIP_COLUMN)}, {ident(TIME_COLUMN)})"
+        )
+        return True, list(group.columns)
+    present = set(have)
+    added = [c for c in group.columns if c not in present]
+    if added:
+        backend.command(f"ALTER TABLE {table_name(backend, group)} "
+                        + ", ".join(f"ADD COLUMN IF NOT EXISTS {ident(c)} Nullable(Float64)" for c in added))
+    return False, added
+
+
+def _window(ship: str, start: dt.datetime, end: dt.datetime) -> dict[str, Any]:
+    return {"ship": ship, "start": f"{start:%Y-%m-%d %H:%M:%S}", "end": f"{end:%Y-%m-%d %H:%M:%S}"}
+
+
+_WHERE = (f"{ident(SHIP_COLUMN)} = {{ship:String}} AND {ident(TIME_COLUMN)} >= {{start:{TIME_TYPE}}} "
+          f"AND {ident(TIME_COLUMN)} < {{end:{TIME_TYPE}}}")
+
+
+class DayLoad:
+    """One ship-day of one group: ``add`` slices into a stage, then ``replace_day``."""
+
+    def __init__(self, backend: Backend, group: ChannelGroup, ship: str, day: dt.date, tag: str) -> None:
+        self.backend, self.group, self.ship, self.day = backend, group, ship, day
+        self.target = table_name(backend, group)
+        self.stage = f"{ident(backend.database)}.{ident(f'_n2w_stage_{group.number}_{tag}')}"
+        backend.command(f"DROP TABLE IF EXISTS {self.stage}")
+        backend.command(f"CREATE TABLE {self.stage} AS {self.target} ENGINE = Memory")
+        self.rows = 0
+
+    def add(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self.backend.insert_arrow(self.stage, table)
+            self.rows += table.num_rows
+
+    def replace_day(self, start: dt.datetime, end: dt.datetime) -> None:
+        self.backend.command(f"DELETE FROM {self.target} WHERE {_WHERE}", _window(self.ship, start, end))
+        if self.rows:
+            self.backend.command(f"INSERT INTO {self.target} SELECT * FROM {self.stage}")
+        self.drop()
+
+    def drop(self) -> None:
+        self.backend.command(f"DROP TABLE IF EXISTS {self.stage}")
+
+
+def day_stats(backend: Backend, group: ChannelGroup, ship: str, start: dt.datetime, end: dt.datetime,
+              columns: Sequence[str]) -> ColumnStats:
+    """ClickHouse's figures for the ship-day (count, per column count and sum)."""
+    stats = ColumnStats()
+    cols = list(columns)
+    for i in range(0, max(len(cols), 1), STATS_CHUNK):
+        chunk = cols[i:i + STATS_CHUNK]
+        aggs = ["count()"] + [f"count({ident(c)}), sum({ident(c)})" for c in chunk]
+        query = f"SELECT {', '.join(aggs)} FROM {table_name(backend, group)} WHERE {_WHERE}"
+        got = backend.query_arrow(query, _window(ship, start, end))
+        row = [got.column(k)[0].as_py() for k in range(got.num_columns)]
+        stats.rows = int(row[0])
+        for j, c in enumerate(chunk):
+            stats.count[c] = int(row[1 + 2 * j])
+            stats.total[c] = float(row[2 + 2 * j] or 0.0)
+    return stats
