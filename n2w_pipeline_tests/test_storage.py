@@ -170,7 +170,7 @@ def test_backfill_across_a_month_boundary_lands_in_two_partitions_and_rollups_fo
         assert out.differences == 1 and out.first[0]["channel_id"] == "/b"
 
 
-def test_retention_drops_only_whole_old_months_after_their_export(small, conn, tmp_path):
+def test_retention_drops_only_whole_old_months_after_their_export(small, conn, tmp_path, monkeypatch):
     from n2w_pipeline.export.paths import parquet_path
     from n2w_pipeline.storage import retention
     from n2w_pipeline.storage.rollups import ensure_rollup_tables, refresh_day
@@ -218,6 +218,13 @@ def test_retention_drops_only_whole_old_months_after_their_export(small, conn, t
     path = parquet_path(settings, g, SHIP, dt.date(2025, 2, 28))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"")
+    # a long query on the table: the drop times out, the partition stays for the next run
+    monkeypatch.setattr(retention, "LOCK_TIMEOUT", "200ms")
+    with psycopg.connect(settings.database_url) as reader:
+        reader.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(s, table)))
+        busy = retention.apply(conn, settings, catalog.groups, now)
+    assert [(e.partition.name, e.dropped) for e in busy] == [(f"{table}_p20250201", False)]
+    assert "lock timeout" in (busy[0].blocked or "")
     found = retention.apply(conn, settings, catalog.groups, now)
     assert [(e.partition.name, e.dropped) for e in found] == [(f"{table}_p20250201", True)]
     assert [p.name for p in list_partitions(conn, s, table)] == [f"{table}_p20250301", f"{table}_p20250401"]
@@ -255,8 +262,18 @@ def test_migrate_converts_a_plain_table_month_by_month_keeping_every_cell_and_co
             if w:
                 conn.execute(sql.SQL(w).format(t))
 
-    report = migrate_table(conn, s, table, "month", keep_old=True, log=during_copy)
-    assert report.periods_copied == 3 and report.hours_recopied == 3
+    class Stop(Exception):
+        pass
+
+    def interrupted(message: str) -> None:  # the migration dies after its first period
+        during_copy(message)
+        raise Stop
+
+    with pytest.raises(Stop):
+        migrate_table(conn, s, table, "month", keep_old=True, log=interrupted)
+    assert table_kind(conn, s, table) == "r"  # the old table stays in use
+    report = migrate_table(conn, s, table, "month", keep_old=True, log=during_copy)  # resumes
+    assert report.periods_copied == 2 and report.hours_recopied == 3
     assert table_kind(conn, s, table) == "p"
     assert [p.name for p in list_partitions(conn, s, table)][:3] == [
         f"{table}_p20250101", f"{table}_p20250201", f"{table}_p20250301"]

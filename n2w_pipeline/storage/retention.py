@@ -135,15 +135,19 @@ def apply(conn: psycopg.Connection, settings: Settings, groups: Sequence[Channel
         if e.blocked or dry_run:
             continue
         t0 = time.perf_counter()
-        with conn.transaction():
-            conn.execute("SELECT set_config('lock_timeout', %s, true)", (LOCK_TIMEOUT,))
-            conn.execute("SELECT pg_advisory_xact_lock(%s, 1)", (_key(f"n2w:ddl:{s}.{e.table}"),))
-            _drop(conn, s, e.table, e.partition.name)
-            shadow = corrections_table_name(settings, e.ship, e.group)
-            if e.shadow_partitions:
-                conn.execute("SELECT pg_advisory_xact_lock(%s, 1)", (_key(f"n2w:ddl:{s}.{shadow}"),))
-            for name in e.shadow_partitions:
-                _drop(conn, s, shadow, name)
+        try:
+            with conn.transaction():
+                conn.execute("SELECT set_config('lock_timeout', %s, true)", (LOCK_TIMEOUT,))
+                conn.execute("SELECT pg_advisory_xact_lock(%s, 1)", (_key(f"n2w:ddl:{s}.{e.table}"),))
+                _drop(conn, s, e.table, e.partition.name)
+                shadow = corrections_table_name(settings, e.ship, e.group)
+                if e.shadow_partitions:
+                    conn.execute("SELECT pg_advisory_xact_lock(%s, 1)", (_key(f"n2w:ddl:{s}.{shadow}"),))
+                for name in e.shadow_partitions:
+                    _drop(conn, s, shadow, name)
+        except psycopg.errors.LockNotAvailable:
+            e.blocked = f"table busy for {LOCK_TIMEOUT} (lock timeout): kept until the next run"
+            continue
         e.dropped = True
         e.seconds = time.perf_counter() - t0
     return found
