@@ -30,7 +30,7 @@ from n2w_pipeline.generate import create_source_indexes, create_source_table, ge
 from n2w_pipeline.realtime import ensure_arrival_index
 from n2w_pipeline.storage.pooling import PoolingModeError, require_session_pooling, sessions_are_kept
 from n2w_pipeline_tests.helpers import hour_key, run_wide, sql_reference, wide_cells
-from n2w_pipeline_tests.test_realtime import Sensor, insert
+from n2w_pipeline_tests.realtime.helpers import Sensor, insert
 
 SHIP = "IMO9976903"
 H0 = dt.datetime(2025, 3, 1, 0, 0)
