@@ -109,6 +109,8 @@ class Settings:
 
     database_url: str | None = None
     """N2W_DATABASE_URL: PostgreSQL URL; unset starts an embedded server under state_dir."""
+    source_url: str | None = None
+    """N2W_SOURCE_URL: where the narrow table is read (e.g. a replica); unset: N2W_DATABASE_URL."""
     source_schema: str = "tenant"
     """N2W_SOURCE_SCHEMA: schema of the narrow table."""
     source_table: str = "tbl_data_timeseries"
@@ -184,8 +186,9 @@ class Settings:
             value = env.get(f"N2W_{name}")
             return value if value not in (None, "") else None
 
-        if (v := get("DATABASE_URL")) is not None:
-            kw["database_url"] = v
+        for name in ("database_url", "source_url"):
+            if (v := get(name.upper())) is not None:
+                kw[name] = v
         for name in ("source_schema", "source_table", "target_schema", "table_pattern",
                      "partition_start"):
             if (v := get(name.upper())) is not None:

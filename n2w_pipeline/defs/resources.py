@@ -1,4 +1,4 @@
-"""Resources: the database n2w reads and writes."""
+"""Resources: the databases n2w reads and writes."""
 
 
 import dagster as dg
@@ -9,27 +9,38 @@ from n2w_pipeline.storage.pooling import require_session_pooling
 
 
 class N2WDatabase(dg.ConfigurableResource):
-    """PostgreSQL holding the narrow table and the wide tables.
+    """PostgreSQL holding the wide tables (``url``) and the narrow table (``source_url``).
 
-    ``url`` comes from the ``N2W_DATABASE_URL`` environment variable (shown in the UI by
-    name only); when unset, n2w's embedded PostgreSQL under ``N2W_STATE_DIR`` is used.
+    ``url`` comes from the ``N2W_DATABASE_URL`` environment variable and ``source_url``
+    from ``N2W_SOURCE_URL`` (shown in the UI by name only); without ``N2W_DATABASE_URL``
+    n2w's embedded PostgreSQL under ``N2W_STATE_DIR`` is used, and without a source URL
+    the narrow table is read from the same database.
     """
 
     url: str | None = None
+    source_url: str | None = None
 
     def resolve_url(self, settings: Settings) -> str:
+        """The data database: wide tables, n2w's own tables."""
         if self.url:
             require_session_pooling(self.url)  # a transaction pooler: refuse, saying why
             return self.url
         return database_url(settings)
 
+    def resolve_source_url(self, settings: Settings) -> str:
+        """The database the narrow table is read from."""
+        return self.source_url or settings.source_url or self.resolve_url(settings)
+
 
 def database_resource() -> N2WDatabase:
     import os
 
+    kw = {}
     if os.environ.get("N2W_DATABASE_URL"):
-        return N2WDatabase(url=dg.EnvVar("N2W_DATABASE_URL"))
-    return N2WDatabase()
+        kw["url"] = dg.EnvVar("N2W_DATABASE_URL")
+    if os.environ.get("N2W_SOURCE_URL"):
+        kw["source_url"] = dg.EnvVar("N2W_SOURCE_URL")
+    return N2WDatabase(**kw)
 
 
 class N2WClickHouse(dg.ConfigurableResource):

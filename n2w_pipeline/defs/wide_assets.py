@@ -180,6 +180,7 @@ def build_wide_assets(settings: Settings, catalog: ChannelCatalog) -> dg.AssetsD
         groups = [groups_by_key[k] for k in sorted(context.selected_asset_keys) if k in groups_by_key]
         windows = ship_windows(partitions, context.partition_keys)
         url = n2w_db.resolve_url(settings)
+        source = n2w_db.resolve_source_url(settings)
         hours = sum(int((e - s).total_seconds() // 3600) for _, s, e in windows)
         context.log.info(
             f"{len(windows)} window(s), {hours} ship-hour(s), groups "
@@ -189,7 +190,8 @@ def build_wide_assets(settings: Settings, catalog: ChannelCatalog) -> dg.AssetsD
         total: WindowStats | None = None
         for ship, start, end in windows:
             stats = materialize_window(
-                url, settings, catalog, ship, start, end, groups, reporter.for_window(ship, start, end)
+                url, settings, catalog, ship, start, end, groups, reporter.for_window(ship, start, end),
+                source_url=source,
             )
             reporter.window_done(stats, start, end)
             if total is None:
