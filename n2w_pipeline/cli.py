@@ -12,8 +12,8 @@ import logging
 import sys
 import warnings
 
-COMMANDS = ("demo", "generate", "backfill", "check", "corrections", "export", "olap", "dev", "db_url",
-            "bench", "storage")
+COMMANDS = ("demo", "generate", "backfill", "check", "corrections", "export", "olap", "dev", "worker",
+            "db_url", "bench", "storage")
 
 EPILOG = """\
 Configuration comes from N2W_* environment variables (see docs/operating.md). With no

@@ -33,6 +33,9 @@ REFERENCE_HULLS: dict[str, str] = {
 }
 
 
+EXECUTORS = ("multiprocess", "celery")
+
+
 def _split(value: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
 
@@ -169,6 +172,14 @@ class Settings:
     """N2W_PARTITION_INTERVAL: time range of one partition of a wide table: week, month or quarter."""
     retention: tuple[int, str] | None = None
     """N2W_RETENTION: drop wide-table partitions older than this, e.g. `18 months` (unset/off: keep all)."""
+    executor: str = "multiprocess"
+    """N2W_EXECUTOR: `multiprocess` (Dagster's default, steps on the launching machine) or `celery`."""
+    celery_broker: str | None = None
+    """N2W_CELERY_BROKER: Celery broker URL, e.g. redis://host:6379/0 (needed with N2W_EXECUTOR=celery)."""
+    celery_backend: str | None = None
+    """N2W_CELERY_BACKEND: Celery result backend URL; unset: the broker URL."""
+    celery_visibility_timeout: int = 3600
+    """N2W_CELERY_VISIBILITY_TIMEOUT: seconds before a step taken by a worker that died is redelivered."""
 
     @property
     def source_qualified(self) -> tuple[str, str]:
@@ -186,9 +197,15 @@ class Settings:
             value = env.get(f"N2W_{name}")
             return value if value not in (None, "") else None
 
-        for name in ("database_url", "source_url"):
+        for name in ("database_url", "source_url", "celery_broker", "celery_backend"):
             if (v := get(name.upper())) is not None:
                 kw[name] = v
+        if (v := get("EXECUTOR")) is not None:
+            if v not in EXECUTORS:
+                raise ValueError(f"N2W_EXECUTOR must be one of {', '.join(EXECUTORS)}, got {v!r}")
+            kw["executor"] = v
+        if kw.get("executor") == "celery" and "celery_broker" not in kw:
+            raise ValueError("N2W_EXECUTOR=celery needs N2W_CELERY_BROKER, e.g. redis://host:6379/0")
         for name in ("source_schema", "source_table", "target_schema", "table_pattern",
                      "partition_start"):
             if (v := get(name.upper())) is not None:
@@ -221,7 +238,7 @@ class Settings:
                 raise ValueError(f"N2W_REALTIME_CURSOR_COLUMN must be id or server_created_time, got {v!r}")
             kw["realtime_cursor"] = v
         for name in ("slice_hours", "run_hours", "realtime_interval_seconds", "realtime_batch_rows",
-                     "correction_workers", "export_retries"):
+                     "correction_workers", "export_retries", "celery_visibility_timeout"):
             if (v := get(name.upper())) is not None:
                 kw[name] = int(v)
                 if kw[name] < 1:

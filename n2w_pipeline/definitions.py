@@ -9,6 +9,7 @@ from n2w_pipeline.config import Settings
 from n2w_pipeline.defs.automation import DayProduct, build_day_refresh_sensor
 from n2w_pipeline.defs.checks import build_check_job, build_window_checks
 from n2w_pipeline.defs.corrections import build_correction_asset, build_correction_sensor
+from n2w_pipeline.defs.executor import executor_def
 from n2w_pipeline.defs.exports import build_export_assets, export_product
 from n2w_pipeline.defs.realtime import build_realtime_sensor
 from n2w_pipeline.defs.resources import clickhouse_resource, database_resource
@@ -37,6 +38,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         sensors=[build_realtime_sensor(settings, wide), build_correction_sensor(settings, corrections),
                  refresh],
         resources={"n2w_db": database_resource(), "n2w_clickhouse": clickhouse_resource()},
+        executor=executor_def(settings),
     )
 
 

@@ -55,10 +55,10 @@ def resolve_window(
 class ProgressBar(logging.Handler):
     """Draws the wide assets' progress records (logger ``n2w.progress``) as a bar."""
 
-    def __init__(self, stream=sys.stderr) -> None:  # noqa: ANN001
+    def __init__(self, stream=None) -> None:  # noqa: ANN001
         super().__init__()
-        self.stream = stream
-        self.tty = stream.isatty()
+        self.stream = stream or sys.stderr  # resolved now: sys.stderr may be replaced
+        self.tty = self.stream.isatty()
 
     def emit(self, record: logging.LogRecord) -> None:
         done = getattr(record, "n2w_done", None)
@@ -124,22 +124,26 @@ class BackfillProgress:
     """Sums the per-slice progress records of every run (in this process or in worker
     processes) into one bar: ship-hours done, narrow rows, rows/s and ETA."""
 
-    def __init__(self, total_hours: int, quiet: bool, stream=sys.stderr) -> None:  # noqa: ANN001
+    def __init__(self, total_hours: int, quiet: bool, stream=None) -> None:  # noqa: ANN001
         self.total_hours = total_hours
         self.t0 = time.perf_counter()
         self.finished_hours = 0.0
         self.finished_rows = 0
         self.active: dict[str, tuple[float, int]] = {}
+        self.finished: set[str] = set()
         self.bar = None if quiet else ProgressBar(stream)
         self.lock = threading.Lock()
 
     def update(self, task: str, done: float, rows: int) -> None:
         with self.lock:
+            if task in self.finished:  # a late record of a run already counted in full
+                return
             self.active[task] = (done, rows)
             self._draw()
 
     def finish(self, task: str, hours: float, rows: int) -> None:
         with self.lock:
+            self.finished.add(task)
             self.active.pop(task, None)
             self.finished_hours += hours
             self.finished_rows += rows
@@ -172,37 +176,57 @@ class _TaskProgress(logging.Handler):
             self.sink(self.task, float(done), int(record.n2w_rows))
 
 
+QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+"""Run config of backfill runs: the bar shows progress; Dagster's console logger only warnings."""
+class BackfillFailed(Exception):
+    """A run of `n2w backfill` failed; the message says which and why, in one line."""
+
+
+def task_name(run: Run) -> str:
+    """The progress bar's key of a run."""
+    return f"{run[0]}@{run[1].isoformat()}"
+
+
+def run_tags(run: Run) -> dict[str, str]:
+    """Tags of a backfill run: its partition range (one ship × contiguous hours)."""
+    from n2w_pipeline.defs.partitions import partition_key
+
+    ship, start, stop = run
+    return {
+        "dagster/asset_partition_range_start": partition_key(ship, start),
+        "dagster/asset_partition_range_end": partition_key(ship, stop - dt.timedelta(hours=1)),
+        "n2w/launched_by": "n2w backfill",
+    }
+
+
+def run_summary(run: Run, result, t0: float) -> dict:  # noqa: ANN001 - a Dagster execution result
+    md: dict[str, dict] = {}
+    for m in result.asset_materializations_for_node("narrow_to_wide"):
+        md.setdefault(m.asset_key.to_user_string(), {k: v.value for k, v in m.metadata.items()})
+    return {"ship": run[0], "start": run[1], "end": run[2], "run_id": result.run_id,
+            "seconds": time.perf_counter() - t0, "assets": md}
+
+
 def _materialize_run(settings: Settings, run: Run, url: str) -> dict:
-    """One Dagster run of the wide assets for ``run`` (in this process's instance)."""
+    """One Dagster run of the wide assets for ``run``, in this process (default executor)."""
     import dagster as dg
 
     from n2w_pipeline.channels import load_catalog
-    from n2w_pipeline.defs.partitions import partition_key
     from n2w_pipeline.defs.resources import N2WDatabase
     from n2w_pipeline.defs.wide_assets import build_wide_assets
 
-    ship, start, stop = run
     assets = build_wide_assets(settings, load_catalog(settings.channel_lists_dir))
     t0 = time.perf_counter()
     with dg.DagsterInstance.get() as instance:
         result = dg.materialize(
             [assets],
             instance=instance,
-            resources={"n2w_db": N2WDatabase(url=url)},
-            tags={
-                "dagster/asset_partition_range_start": partition_key(ship, start),
-                "dagster/asset_partition_range_end": partition_key(ship, stop - dt.timedelta(hours=1)),
-                "n2w/launched_by": "n2w backfill",
-            },
+            resources={"n2w_db": N2WDatabase(url=url, source_url=settings.source_url)},
+            tags=run_tags(run),
             raise_on_error=True,
-            # the bar shows progress; Dagster's console logger only warnings
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            run_config=QUIET_CONSOLE,
         )
-    md: dict[str, dict] = {}
-    for m in result.asset_materializations_for_node("narrow_to_wide"):
-        md.setdefault(m.asset_key.to_user_string(), {k: v.value for k, v in m.metadata.items()})
-    return {"ship": ship, "start": start, "end": stop, "run_id": result.run_id,
-            "seconds": time.perf_counter() - t0, "assets": md}
+    return run_summary(run, result, t0)
 
 
 _worker_queue = None
@@ -220,7 +244,7 @@ def _worker_init(env: dict[str, str], queue) -> None:  # noqa: ANN001
 
 
 def _worker_run(settings: Settings, run: Run, url: str) -> dict:
-    task = f"{run[0]}@{run[1].isoformat()}"
+    task = task_name(run)
     plog = logging.getLogger(PROGRESS_LOGGER)
     handler = _TaskProgress(task, lambda t, d, r: _worker_queue.put((t, d, r)))  # type: ignore[union-attr]
     plog.addHandler(handler)
@@ -236,7 +260,7 @@ def run_backfill(
     start: dt.datetime,
     end: dt.datetime,
     quiet: bool = False,
-    parallel: int = 1,
+    parallel: int | None = 1,
     resume: bool = False,
 ) -> list[dict]:
     """Materialise the wide assets for ``ships`` × [start, end) through Dagster, in runs
@@ -246,9 +270,11 @@ def run_backfill(
     materialised (a run that failed or was killed materialised none of its partitions,
     so they run again). ``parallel``: runs in that many worker processes at once, capped
     by the instance's pool limit for ``n2w_database`` (each run's step holds a pool slot,
-    so more processes would only wait). Returns one summary per run, in plan order:
-    ship, window, seconds, narrow rows and metadata. The first failed run raises after
-    the runs already started have finished.
+    so more processes would only wait); None: 1, or with Celery the pool limit.
+    With ``N2W_EXECUTOR=celery`` each run's step executes on a Celery worker
+    (``_celery_backfill``). Returns one summary per run, in plan order: ship, window,
+    seconds, narrow rows and metadata. The first failed run raises after the runs already
+    started have finished (``BackfillFailed`` with the run's error under Celery).
     """
     import dagster as dg
 
@@ -256,6 +282,11 @@ def run_backfill(
     from n2w_pipeline.defs.wide_assets import wide_asset_key
     from n2w_pipeline.instance import apply_dagster_env, sync_pool_limit
 
+    celery = settings.executor == "celery"
+    if celery:
+        from n2w_pipeline.commands._celery_backfill import check_ready, run_celery
+
+        check_ready(settings)
     env = apply_dagster_env(settings)
     url = env["N2W_DATABASE_URL"]
     catalog = load_catalog(settings.channel_lists_dir)
@@ -265,6 +296,8 @@ def run_backfill(
             done = materialized_hours(instance, settings, [wide_asset_key(g) for g in catalog.groups], ships)
         limit = sync_pool_limit(instance)
     runs = plan_runs(ships, start, end, settings.run_hours, done)
+    if parallel is None:
+        parallel = (limit or 1) if celery else 1
     if limit:
         parallel = min(parallel, limit)
     parallel = max(1, min(parallel, len(runs)))
@@ -275,14 +308,16 @@ def run_backfill(
     def finished(run: Run, summary: dict) -> None:
         summaries[run] = summary
         rows = next(iter(summary["assets"].values()), {}).get("narrow_rows_read", 0)
-        progress.finish(f"{run[0]}@{run[1].isoformat()}", (run[2] - run[1]).total_seconds() / 3600, rows)
+        progress.finish(task_name(run), (run[2] - run[1]).total_seconds() / 3600, rows)
 
-    if parallel == 1:
+    if celery:
+        run_celery(runs, parallel, progress, finished)
+    elif parallel == 1:
         plog = logging.getLogger(PROGRESS_LOGGER)
         plog.setLevel(logging.INFO)
         plog.propagate = False
         for run in runs:
-            handler = _TaskProgress(f"{run[0]}@{run[1].isoformat()}", progress.update)
+            handler = _TaskProgress(task_name(run), progress.update)
             plog.addHandler(handler)
             try:
                 finished(run, _materialize_run(settings, run, url))

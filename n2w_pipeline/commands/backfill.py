@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
-from n2w_pipeline.commands._common import add_window_args, resolve_window, run_backfill
+from n2w_pipeline.commands._common import BackfillFailed, add_window_args, resolve_window, run_backfill
 from n2w_pipeline.config import Settings
 
 
@@ -20,9 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "by running the same command again (--all redoes them).",
     )
     add_window_args(p)
-    p.add_argument("--parallel", type=int, default=1, metavar="N",
-                   help="runs in N worker processes at once (default 1; capped by the pool "
-                   "limit of `n2w_database` in dagster.yaml). Two on a 2-core machine.")
+    p.add_argument("--parallel", type=int, default=None, metavar="N",
+                   help="runs in N worker processes at once (default 1; with N2W_EXECUTOR=celery "
+                   "the pool limit, and each run's step executes on a Celery worker started with "
+                   "`n2w worker`; always capped by the pool limit of `n2w_database` in "
+                   "dagster.yaml). Two on a 2-core machine.")
     p.add_argument("--all", action="store_true", dest="redo",
                    help="run every partition of the window, also those already materialised "
                    "(default: skip them, so re-running an interrupted backfill resumes it)")
@@ -33,11 +36,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     ships, start, end = resolve_window(args, settings, "backfill")
-    if args.parallel < 1:
+    if args.parallel is not None and args.parallel < 1:
         raise SystemExit("n2w backfill: --parallel must be >= 1")
     t0 = time.perf_counter()
-    summaries = run_backfill(settings, ships, start, end, quiet=args.quiet,
-                             parallel=args.parallel, resume=not args.redo)
+    try:
+        summaries = run_backfill(settings, ships, start, end, quiet=args.quiet,
+                                 parallel=args.parallel, resume=not args.redo)
+    except BackfillFailed as exc:
+        print(f"n2w backfill: {exc}", file=sys.stderr)
+        print("n2w backfill: committed slices stay; run the same command again to resume",
+              file=sys.stderr)
+        return 1
     if not summaries:
         print("nothing to do: every partition of the window is already materialised "
               "(use --all to run them again)")

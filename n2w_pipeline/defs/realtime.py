@@ -15,7 +15,8 @@ late row is lost). Choices made here:
 - **Runs target the assets directly** (no extra job, so no job page offering a
   multi-partition backfill that runs only the first key) and run **in-process**: the
   multi-asset is one step, so the default multiprocess executor would only add a second
-  Python process (~2–3 CPU-s) to every run.
+  Python process (~2–3 CPU-s) to every run. With ``N2W_EXECUTOR=celery`` the step goes
+  to a Celery worker like every other (``defs/executor.step_run_config``).
 - **Priority** ``dagster/priority=10``: realtime runs leave the queue before backfill
   runs (priority 0), so a long backfill does not hold the wide tables' present back.
 - **Coalescing**: a partition that already has a realtime run waiting in the queue is not
@@ -28,6 +29,7 @@ import dagster as dg
 import psycopg
 
 from n2w_pipeline.config import Settings
+from n2w_pipeline.defs.executor import IN_PROCESS_CONFIG, step_run_config
 from n2w_pipeline.defs.partitions import partition_key, split_key, wide_partitions
 from n2w_pipeline.defs.resources import N2WDatabase
 from n2w_pipeline.realtime import (
@@ -42,11 +44,12 @@ from n2w_pipeline.realtime import (
 SENSOR_NAME = "narrow_realtime"
 REALTIME_TAG = "n2w/realtime"  # value: new | late | deferred
 PRIORITY = "10"
-IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
+IN_PROCESS = IN_PROCESS_CONFIG
 
 
-def run_request(group: RunGroup, wide: dg.AssetsDefinition) -> dg.RunRequest:
-    """One hour × a ship range of every wide asset, in-process, ahead of backfills.
+def run_request(group: RunGroup, wide: dg.AssetsDefinition, run_config: dict | None = None) -> dg.RunRequest:
+    """One hour × a ship range of every wide asset, ahead of backfills: in-process under
+    Dagster's default executor, the step on a worker under Celery (``step_run_config``).
 
     A single ship is a plain partition run; several ships are one range run (the
     ``dagster/asset_partition_range_*`` tags), which the multi-asset reads as one window
@@ -64,7 +67,7 @@ def run_request(group: RunGroup, wide: dg.AssetsDefinition) -> dg.RunRequest:
         partition_key=first if len(group.ships) == 1 else None,
         asset_selection=sorted(wide.keys),
         asset_check_keys=sorted(wide.check_keys),
-        run_config=IN_PROCESS,
+        run_config=IN_PROCESS if run_config is None else run_config,
         tags=tags,
     )
 
@@ -126,6 +129,7 @@ def build_realtime_sensor(settings: Settings, wide: dg.AssetsDefinition) -> dg.S
             return dg.SensorResult(skip_reason=plan.summary() + note, cursor=cursor)
         groups = group_runs(runs, ships)
         context.log.info(f"{plan.summary()}{note}; {len(groups)} run(s): {describe_runs(runs)}")
-        return dg.SensorResult(run_requests=[run_request(g, wide) for g in groups], cursor=cursor)
+        config = step_run_config(settings)
+        return dg.SensorResult(run_requests=[run_request(g, wide, config) for g in groups], cursor=cursor)
 
     return narrow_realtime

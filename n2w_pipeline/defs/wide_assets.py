@@ -3,6 +3,7 @@
 
 import datetime as dt
 import logging
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -113,8 +114,21 @@ def _metadata(group: ChannelGroup, settings: Settings, total: WindowStats, wall:
     return md
 
 
+_PROGRESS = re.compile(r": slice \d+/\d+, ([\d,.]+)/[\d,]+ ship-hours, ([\d,]+) narrow rows, ")
+
+
+def parse_progress(message: str) -> tuple[float, int] | None:
+    """(ship-hours done, narrow rows) from a run-log line of ``ProgressReporter``, else None:
+    how `n2w backfill` follows runs whose steps execute on Celery workers."""
+    m = _PROGRESS.search(message or "")
+    if m is None:
+        return None
+    return float(m.group(1).replace(",", "")), int(m.group(2).replace(",", ""))
+
+
 class ProgressReporter:
-    """Logs rows done, rows/s and ETA after every slice (and feeds `n2w backfill`'s bar)."""
+    """Logs rows done, rows/s and ETA after every slice (and feeds `n2w backfill`'s bar,
+    through the ``n2w.progress`` logger in-process or ``parse_progress`` from the run log)."""
 
     def __init__(self, log: logging.Logger | dg.DagsterLogManager, total_hours: int) -> None:
         self.log = log
