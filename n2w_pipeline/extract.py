@@ -16,15 +16,20 @@ the rule that values are always bound. So the window is bound as parameters of a
 it back with ``current_setting(…)`` (stable expressions, so the created_time index is
 still used). Same speed as literals, values still bound.
 
-Channel codes. The reader keeps a temporary table channel → code on its connection
-(loaded by ADBC bulk ingest, i.e. COPY) and the server joins it. A row's ``code`` column
-packs the channel's code and the rule's status: ``code * 4 + status`` (NULL for a
-channel in no list, whose id comes in ``channel``).
+Channel codes. The reader sets the listed channel ids once per connection, as a JSON
+array in the session setting ``n2w.channels`` (bound, like the window); the server
+expands it into a channel → code relation (the array position) and joins it. Nothing is
+created in the source database, so it may be a read-only replica (``N2W_SOURCE_URL``;
+before PostgreSQL 16 the value rule needs a session function, which a read-only server
+refuses: ``value_rule.install``). A row's ``code`` column packs the channel's code and the
+rule's status: ``code * 4 + status`` (NULL for a channel in no list, whose id comes in
+``channel``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import warnings
 from collections.abc import Sequence
 
@@ -42,8 +47,12 @@ CODED_SCHEMA = {
     "num": pl.Float64,  # value_rule.raw_value
 }
 
-CODE_TABLE = "n2w_channel_codes"
 STATUS_BITS = 2
+_CHANNELS_SQL = "SELECT set_config('n2w.channels', $1, false)"
+_CODES = (
+    "(SELECT u.c AS channel, (u.o - 1)::int AS code FROM jsonb_array_elements_text("
+    "(SELECT current_setting('n2w.channels'))::jsonb) WITH ORDINALITY AS u(c, o))"
+)
 _WINDOW_SQL = (
     "SELECT set_config('n2w.ship', $1, true), set_config('n2w.start', $2, true), "
     "set_config('n2w.end', $3, true)"
@@ -55,14 +64,15 @@ _END = "(SELECT current_setting('n2w.end')::timestamp)"
 
 def copy_extract_query(settings: Settings, native: bool = True) -> str:
     """The slice query without parameters (ADBC's COPY path): the window comes from
-    ``current_setting('n2w.ship' | 'n2w.start' | 'n2w.end')``, set by a bound statement.
-    Needs the temporary code table (``NarrowReader``); ``native``: see ``value_rule``."""
+    ``current_setting('n2w.ship' | 'n2w.start' | 'n2w.end')`` and the channel codes from
+    ``n2w.channels``, set by bound statements (``NarrowReader``); ``native``: see
+    ``value_rule``."""
     c = settings.columns
     rule = value_rule.ValueRule(c, "n", native)
     q = sql.SQL(
         """SELECT n.{ct} AS created_time, m.code * {scale} + {status} AS code,
   CASE WHEN m.code IS NULL THEN n.{ch} END AS channel, {raw} AS num
-FROM {src} n LEFT JOIN pg_temp.{codes} m ON m.channel = n.{ch}
+FROM {src} n LEFT JOIN {codes} m ON m.channel = n.{ch}
 WHERE n.{ship} = {p_ship} AND n.{ct} >= {p_start} AND n.{ct} < {p_end}"""
     )
     return q.format(
@@ -73,7 +83,7 @@ WHERE n.{ship} = {p_ship} AND n.{ct} >= {p_start} AND n.{ct} < {p_end}"""
         raw=rule.raw_value(),
         src=sql.Identifier(*settings.source_qualified),
         ship=sql.Identifier(c.ship_id),
-        codes=sql.Identifier(CODE_TABLE),
+        codes=sql.SQL(_CODES),
         p_ship=sql.SQL(_SHIP),
         p_start=sql.SQL(_START),
         p_end=sql.SQL(_END),
@@ -99,8 +109,8 @@ def decode(table: object) -> pl.DataFrame:
 class NarrowReader:
     """An ADBC connection that reads narrow slices; use as a context manager.
 
-    ``channels`` (every listed channel id, in code order) is loaded once into a temporary
-    channel → code table on the connection; ``read`` returns rows with those codes.
+    ``channels`` (every listed channel id, in code order) is set once on the connection
+    (``n2w.channels``); ``read`` returns rows with their positions as codes.
     """
 
     def __init__(self, url: str, settings: Settings, channels: Sequence[str]) -> None:
@@ -127,16 +137,10 @@ class NarrowReader:
             cur.close()
 
     def _load_codes(self, channels: Sequence[str]) -> None:
-        import pyarrow as pa
-
-        table = pa.table({
-            "channel": pa.array(list(channels), pa.string()),
-            "code": pa.array(range(len(channels)), pa.int32()),
-        })
         cur = self._conn.cursor()
         try:
-            cur.adbc_ingest(CODE_TABLE, table, mode="replace", temporary=True)
-            cur.execute(f"ANALYZE pg_temp.{CODE_TABLE}")
+            cur.execute(_CHANNELS_SQL, (json.dumps(list(channels)),))
+            cur.fetchall()
         finally:
             cur.close()
         self._conn.commit()

@@ -48,7 +48,14 @@ def install(execute: Callable[[str], Any], server_version: int) -> bool:
     ``server_version`` is ``server_version_num`` (e.g. 180001)."""
     native = server_version >= 160000
     if not native:
-        execute(_FALLBACK)
+        try:
+            execute(_FALLBACK)
+        except Exception as exc:  # noqa: BLE001 - re-raised with what to do
+            raise RuntimeError(
+                "the value rule needs pg_input_is_valid (PostgreSQL 16+) or a session function "
+                f"pg_temp.n2w_is_float8, which this server refused ({str(exc).splitlines()[0]}); "
+                "a read-only source (a replica, N2W_SOURCE_URL) must run PostgreSQL 16 or later"
+            ) from exc
     return native
 
 

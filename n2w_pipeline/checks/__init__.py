@@ -16,7 +16,7 @@ checks) and ``check_window`` (the CLI's ``n2w check``).
 
 from n2w_pipeline.checks.diff import DIFF_LIMIT, find_differences, locate_differences
 from n2w_pipeline.checks.facts import GroupFacts, HourFacts, NarrowHours, gather_facts
-from n2w_pipeline.checks.run import check_window, evaluate
+from n2w_pipeline.checks.run import check_window, evaluate, open_pair
 from n2w_pipeline.checks.verdicts import (
     BLOCKING,
     CHECK_NAMES,
@@ -58,6 +58,7 @@ __all__ = [
     "evaluate",
     "fill_check",
     "find_differences",
+    "open_pair",
     "gather_facts",
     "locate_differences",
     "reconciliation_check",

@@ -1,5 +1,10 @@
 """Where the counts disagree: the wide table against the narrow values overlaid by the
-corrections, cell by cell. Meant for an hour or two, after ``reconciliation`` fails."""
+corrections, cell by cell. Meant for an hour or two, after ``reconciliation`` fails.
+
+The narrow table may be on another server (``N2W_SOURCE_URL``): the hour's narrow cells
+are read there (value rule applied by that server) and copied into a temporary table of
+the wide tables' session, where one query compares them with the corrections and the
+wide table."""
 
 from __future__ import annotations
 
@@ -17,10 +22,13 @@ from n2w_pipeline.write import CorrectionColumns, correction_columns
 
 DIFF_LIMIT = 10
 
+NARROW_STAGE = "n2w_diff_narrow"
+_NARROW = sql.SQL(
+    "SELECT s.{ct}, s.{ch}, {rule} FROM {src} s "
+    "WHERE s.{ship} = %s AND s.{ch} = ANY(%s) AND s.{ct} >= %s AND s.{ct} < %s"
+)
 _DIFF = sql.SQL(
-    """WITH n AS (
-  SELECT s.{ct} AS t, s.{ch} AS ch, {rule} AS v FROM {src} s
-  WHERE s.{ship} = %(ship)s AND s.{ch} = ANY(%(chs)s) AND s.{ct} >= %(start)s AND s.{ct} < %(end)s),
+    """WITH n AS (SELECT t, ch, v FROM pg_temp.{stage}),
 k AS ({corr}),
 e AS (
   SELECT coalesce(k.t, n.t) AS t, coalesce(k.ch, n.ch) AS ch,
@@ -47,8 +55,8 @@ diff AS (
   WHERE e.v IS NULL OR a.v IS NULL OR e.v IS DISTINCT FROM a.v)
 SELECT t, ch, kind, expected, actual FROM diff ORDER BY t, ch NULLS FIRST LIMIT %(limit)s"""
 )
-"""Expected cells (``e``: narrow values under the value rule, overlaid by corrections)
-against actual cells (``a``: the wide table), rows first, in time order."""
+"""Expected cells (``e``: narrow values under the value rule, staged in ``n``, overlaid by
+corrections) against actual cells (``a``: the wide table), rows first, in time order."""
 
 
 def _correction_cells_sql(corr: CorrectionColumns | None) -> sql.Composable:
@@ -71,20 +79,20 @@ def find_differences(
     start: dt.datetime,
     end: dt.datetime,
     limit: int = DIFF_LIMIT,
+    source: psycopg.Connection | None = None,
 ) -> list[dict[str, Any]]:
     """Cell by cell over [start, end): wide table vs narrow values overlaid by corrections.
 
     Returns the first ``limit`` differences in time order, each with time, channel (None
     for a whole row), kind (missing_row, extra_row, missing_cell, extra_cell,
     value_differs), expected and actual. Meant for an hour or two, after counts disagree.
+    ``source``: a connection to the narrow table's database (default ``conn``).
     """
-    c = settings.columns
     table = sql.Identifier(settings.target_schema, settings.table_name(ship, group.number))
     corr = correction_columns(conn, settings, group, ship)
+    _stage_narrow(conn, conn if source is None else source, settings, group, ship, start, end)
     q = _DIFF.format(
-        ct=sql.Identifier(c.created_time), ch=sql.Identifier(c.channel),
-        ship=sql.Identifier(c.ship_id), src=sql.Identifier(*settings.source_qualified),
-        rule=value_rule_sql(conn, settings, "s"), corr=_correction_cells_sql(corr),
+        stage=sql.Identifier(NARROW_STAGE), corr=_correction_cells_sql(corr),
         time=sql.Identifier(TIME_COLUMN), table=table,
         cols=sql.SQL(", ").join(sql.SQL("w.{}").format(sql.Identifier(col)) for col in group.columns),
     )
@@ -98,8 +106,30 @@ def find_differences(
     ]
 
 
+def _stage_narrow(
+    conn: psycopg.Connection, source: psycopg.Connection, settings: Settings, group: ChannelGroup,
+    ship: str, start: dt.datetime, end: dt.datetime,
+) -> None:
+    """The group's narrow cells of [start, end) as (t, ch, v) from ``source`` into the
+    session-local table ``pg_temp.n2w_diff_narrow`` of ``conn`` (emptied first)."""
+    c = settings.columns
+    query = _NARROW.format(
+        ct=sql.Identifier(c.created_time), ch=sql.Identifier(c.channel),
+        rule=value_rule_sql(source, settings, "s"), src=sql.Identifier(*settings.source_qualified),
+        ship=sql.Identifier(c.ship_id),
+    )
+    rows = source.execute(query, (ship, list(group.channels), start, end)).fetchall()
+    stage = sql.Identifier(NARROW_STAGE)
+    conn.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (t timestamp, ch text, v float8)").format(stage))
+    conn.execute(sql.SQL("TRUNCATE pg_temp.{}").format(stage))
+    with conn.cursor() as cur, cur.copy(sql.SQL("COPY pg_temp.{} (t, ch, v) FROM STDIN").format(stage)) as cp:
+        for row in rows:
+            cp.write_row(row)
+
+
 def locate_differences(
-    conn: psycopg.Connection, settings: Settings, facts: GroupFacts, limit: int = DIFF_LIMIT
+    conn: psycopg.Connection, settings: Settings, facts: GroupFacts, limit: int = DIFF_LIMIT,
+    source: psycopg.Connection | None = None,
 ) -> list[dict[str, Any]]:
     """Cell-level differences in the first hours whose counts disagree (at most ``limit``)."""
     if not support_tables_exist(conn, settings):
@@ -109,7 +139,8 @@ def locate_differences(
     for ship, hour in facts.failing_hours():
         if settings.table_name(ship, facts.group.number) in missing:
             continue
-        found = find_differences(conn, settings, facts.group, ship, hour, hour + HOUR, limit - len(out))
+        found = find_differences(conn, settings, facts.group, ship, hour, hour + HOUR, limit - len(out),
+                                 source=source)
         out.extend({"ship": ship, **d} for d in found)
         if len(out) >= limit:
             break

@@ -10,6 +10,10 @@ aggregates, designed to cost a fraction of the pivot that built the table:
   narrow table (primary-key index only scan where the planner takes it);
 * the window's rows of ``n2w_value_issues`` and of the group's corrections shadow table
   (``<wide table>_corr``: one row per corrected timestamp, NULL = no correction; small).
+
+The narrow table may live on another server than the wide tables (``N2W_SOURCE_URL``, e.g.
+a read-only replica): every pass that reads it takes the ``source`` connection, and no
+query joins the two (the few narrow rows under corrections are looked up by key).
 """
 
 from __future__ import annotations
@@ -172,31 +176,39 @@ def _narrow_pass(
 
 
 def _corrections(
-    conn: psycopg.Connection, settings: Settings, group: ChannelGroup, ship: str,
-    start: dt.datetime, end: dt.datetime,
+    conn: psycopg.Connection, source: psycopg.Connection, settings: Settings, group: ChannelGroup,
+    ship: str, start: dt.datetime, end: dt.datetime,
 ) -> list[tuple[dt.datetime, bool, bool, bool]]:
     """Correction cells of the group (non-NULL cells of its shadow table): (time, value is
-    NaN, narrow row under it, its value NULL)."""
+    NaN, narrow row under it, its value NULL). The shadow table is read on ``conn``, the
+    narrow rows under its cells on ``source`` (by ship, channels and timestamps: the
+    primary key), so the two may be different servers."""
     corr = correction_columns(conn, settings, group, ship)
     if corr is None:
         return []
-    c = settings.columns
-    rows = conn.execute(
+    cells = conn.execute(
         sql.SQL(
-            """WITH k AS (
-  SELECT w.{time} AS t, u.ch, u.v FROM {shadow} w, unnest(%s::text[], {arr}) AS u(ch, v)
-  WHERE w.{time} >= %s AND w.{time} < %s AND u.v IS NOT NULL)
-SELECT k.t, k.v = 'NaN'::float8, n.{ct} IS NOT NULL, n.{ct} IS NOT NULL AND {rule} IS NULL
-FROM k LEFT JOIN {src} n ON n.{ship} = %s AND n.{ch} = k.ch AND n.{ct} = k.t"""
-        ).format(
-            time=sql.Identifier(TIME_COLUMN), shadow=corr.table, arr=corr.array("w"),
-            ct=sql.Identifier(c.created_time), rule=value_rule_sql(conn, settings, "n"),
-            src=sql.Identifier(*settings.source_qualified),
-            ship=sql.Identifier(c.ship_id), ch=sql.Identifier(c.channel),
-        ),
-        (list(corr.channels), start, end, ship),
+            "SELECT w.{time}, u.ch, u.v = 'NaN'::float8 FROM {shadow} w, unnest(%s::text[], {arr}) "
+            "AS u(ch, v) WHERE w.{time} >= %s AND w.{time} < %s AND u.v IS NOT NULL"
+        ).format(time=sql.Identifier(TIME_COLUMN), shadow=corr.table, arr=corr.array("w")),
+        (list(corr.channels), start, end),
     ).fetchall()
-    return [(r[0], bool(r[1]), bool(r[2]), bool(r[3])) for r in rows]
+    if not cells:
+        return []
+    c = settings.columns
+    under = source.execute(
+        sql.SQL(
+            "SELECT n.{ct}, n.{ch}, {rule} IS NULL FROM {src} n "
+            "WHERE n.{ship} = %s AND n.{ch} = ANY(%s) AND n.{ct} = ANY(%s::timestamp[])"
+        ).format(
+            ct=sql.Identifier(c.created_time), ch=sql.Identifier(c.channel),
+            rule=value_rule_sql(source, settings, "n"), src=sql.Identifier(*settings.source_qualified),
+            ship=sql.Identifier(c.ship_id),
+        ),
+        (ship, sorted({ch for _, ch, _ in cells}), sorted({t for t, _, _ in cells})),
+    ).fetchall()
+    narrow = {(t, ch): bool(null) for t, ch, null in under}
+    return [(t, bool(nan), (t, ch) in narrow, narrow.get((t, ch), False)) for t, ch, nan in cells]
 
 
 def _value_issues(
@@ -222,11 +234,14 @@ def gather_facts(
     groups: Sequence[ChannelGroup],
     windows: Iterable[Window],
     narrow_hours: NarrowHours | None = None,
+    source: psycopg.Connection | None = None,
 ) -> dict[int, GroupFacts]:
     """Read the aggregates every check needs, for each group over all (ship, start, end).
 
     ``narrow_hours``: the narrow side as a run read it (in-run checks); without it, one
-    pass over the narrow table per group counts it independently (on-demand checks)."""
+    pass over the narrow table per group counts it independently (on-demand checks).
+    ``source``: a connection to the narrow table's database (default ``conn``)."""
+    source = conn if source is None else source
     facts = {g.number: GroupFacts(g, narrow_source="run" if narrow_hours is not None else "table")
              for g in groups}
     windows = list(windows)
@@ -243,7 +258,7 @@ def gather_facts(
             gf.tables.append(settings.table_name(ship, g.number))
             for ch, n in unknown.items():
                 gf.unknown[ch] = gf.unknown.get(ch, 0) + n
-            hours = _window_facts(conn, settings, gf, (ship, start, end), issues, narrow_hours)
+            hours = _window_facts(conn, source, settings, gf, (ship, start, end), issues, narrow_hours)
             for h, f in hours.items():
                 gf.hours.setdefault((ship, h), HourFacts()).add(f)
     return facts
@@ -251,6 +266,7 @@ def gather_facts(
 
 def _window_facts(
     conn: psycopg.Connection,
+    source: psycopg.Connection,
     settings: Settings,
     gf: GroupFacts,
     window: Window,
@@ -265,7 +281,7 @@ def _window_facts(
     _add_wide(conn, settings, gf, window, hours)
     times: dict[dt.datetime, set[dt.datetime]] = {}
     if narrow_hours is None:  # count the narrow table
-        for h, (n, ts) in _narrow_pass(conn, settings, g, ship, start, end).items():
+        for h, (n, ts) in _narrow_pass(source, settings, g, ship, start, end).items():
             _at(hours, h).narrow_rows += n
             times[h] = ts
     else:  # as the run read it; its expected rows include the correction timestamps
@@ -278,7 +294,7 @@ def _window_facts(
         if grp == g.number and ch in mine and reason in NULL_REASONS:
             _at(hours, h).null_values += n
             gf.null_by_reason[reason] = gf.null_by_reason.get(reason, 0) + n
-    for t, nan, over_narrow, over_null in _corrections(conn, settings, g, ship, start, end):
+    for t, nan, over_narrow, over_null in _corrections(conn, source, settings, g, ship, start, end):
         f = _at(hours, floor_hour(t))
         f.corrections += 1
         f.corrections_nan += nan

@@ -6,8 +6,9 @@ call on an open connection; ``check_window`` is the CLI's entry point (``n2w che
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import psycopg
 
@@ -37,17 +38,19 @@ def evaluate(
     thresholds: Thresholds | None = None,
     names: Iterable[str] = CHECK_NAMES,
     narrow_hours: NarrowHours | None = None,
+    source: psycopg.Connection | None = None,
 ) -> list[CheckOutcome]:
     """Run the named checks for ``groups`` over ``windows``; outcomes ordered by group, check.
-    ``narrow_hours``: see ``gather_facts``."""
+    ``narrow_hours``, ``source`` (the narrow table's database, default ``conn``): see
+    ``gather_facts``."""
     thresholds = thresholds or Thresholds.from_settings(settings)
     names = [n for n in CHECK_NAMES if n in set(names)]
-    facts = gather_facts(conn, settings, groups, windows, narrow_hours)
+    facts = gather_facts(conn, settings, groups, windows, narrow_hours, source)
     out = []
     for g in groups:
         f = facts[g.number]
         if RECONCILIATION in names and f.failing_hours():
-            f.differences = locate_differences(conn, settings, f)
+            f.differences = locate_differences(conn, settings, f, source=source)
         for name in names:
             if name == FILL:
                 out.append(fill_check(f, thresholds))
@@ -68,11 +71,25 @@ def check_window(
     start: dt.datetime,
     end: dt.datetime,
     groups: Sequence[ChannelGroup] | None = None,
+    source_url: str | None = None,
 ) -> list[CheckOutcome]:
-    """All checks for ``ships`` × [start, end), one set per ship (the CLI's entry point)."""
+    """All checks for ``ships`` × [start, end), one set per ship (the CLI's entry point);
+    the narrow table is read on ``source_url`` (default ``url``)."""
     groups = list(catalog.groups if groups is None else groups)
     out: list[CheckOutcome] = []
-    with psycopg.connect(url, autocommit=True) as conn:
+    with open_pair(url, source_url) as (conn, source):
         for ship in ships:
-            out.extend(evaluate(conn, settings, groups, [(ship, start, end)]))
+            out.extend(evaluate(conn, settings, groups, [(ship, start, end)], source=source))
     return out
+
+
+@contextlib.contextmanager
+def open_pair(url: str, source_url: str | None) -> Iterator[tuple[psycopg.Connection, psycopg.Connection]]:
+    """Autocommit connections to the data database and to the narrow table's database
+    (the same connection when ``source_url`` is None or equals ``url``)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        if not source_url or source_url == url:
+            yield conn, conn
+            return
+        with psycopg.connect(source_url, autocommit=True) as source:
+            yield conn, source

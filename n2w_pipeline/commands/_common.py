@@ -52,6 +52,25 @@ def resolve_window(
     return ships, start, end
 
 
+def writable_source(settings: Settings, command: str) -> str:
+    """The narrow table's URL for the commands that write narrow rows (generate, demo):
+    ``N2W_SOURCE_URL`` when set, else the data database. A read-only server there (a
+    replica) is refused with one line instead of failing on the first insert."""
+    import psycopg
+
+    from n2w_pipeline.database import redact, source_url
+
+    url = source_url(settings)
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'").fetchone()
+    if row and row[0]:
+        raise SystemExit(
+            f"n2w {command}: the narrow table's server {redact(url)} (N2W_SOURCE_URL) is read-only "
+            f"(a replica?); {command} writes narrow rows: point N2W_SOURCE_URL at the primary for it")
+    return url
+
+
 class ProgressBar(logging.Handler):
     """Draws the wide assets' progress records (logger ``n2w.progress``) as a bar."""
 

@@ -30,16 +30,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from n2w_pipeline.channels import load_catalog
     from n2w_pipeline.checks import ERROR, check_window
-    from n2w_pipeline.database import database_url
+    from n2w_pipeline.database import database_url, source_url
 
     settings = Settings.from_env()
     ships, start, end = resolve_window(args, settings, "check")
     catalog = load_catalog(settings.channel_lists_dir)
     groups = [catalog.group(n) for n in args.groups] if args.groups else list(catalog.groups)
-    url = database_url(settings)
+    url, source = database_url(settings), source_url(settings)
     rows = []
     for ship in ships:
-        for o in check_window(url, settings, catalog, [ship], start, end, groups):
+        for o in check_window(url, settings, catalog, [ship], start, end, groups, source_url=source):
             rows.append((ship, o))
     if args.json:
         print(json.dumps(

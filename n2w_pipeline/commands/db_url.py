@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from n2w_pipeline.config import Settings
-from n2w_pipeline.database import database_url, redact
+from n2w_pipeline.database import database_url, redact, source_url
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,10 +17,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "masked unless --show-password is given.",
     )
     p.add_argument("--show-password", action="store_true", help="print the password too")
+    p.add_argument("--source", action="store_true",
+                   help="print the URL the narrow table is read from instead (N2W_SOURCE_URL, "
+                   "else the same database)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    url = database_url(Settings.from_env())
+    settings = Settings.from_env()
+    url = source_url(settings) if args.source else database_url(settings)
     print(url if args.show_password else redact(url))
     return 0

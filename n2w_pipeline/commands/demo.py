@@ -10,7 +10,7 @@ import psycopg
 from psycopg import sql
 
 from n2w_pipeline.channels import load_catalog
-from n2w_pipeline.commands._common import parse_time, run_backfill
+from n2w_pipeline.commands._common import parse_time, run_backfill, writable_source
 from n2w_pipeline.config import Settings
 from n2w_pipeline.database import database_url, redact
 from n2w_pipeline.generate import generate
@@ -36,11 +36,14 @@ def run(args: argparse.Namespace) -> int:
     catalog = load_catalog(settings.channel_lists_dir)
     url = database_url(settings)
     print(f"database: {redact(url)}")
+    source = writable_source(settings, "demo")
+    if source != url:
+        print(f"narrow table on: {redact(source)} (N2W_SOURCE_URL)")
     ships = list(settings.ships[: args.ships])
     start = args.start.replace(minute=0, second=0, microsecond=0)
     end = start + dt.timedelta(hours=args.hours)
     t0 = time.perf_counter()
-    with psycopg.connect(url, autocommit=True) as conn:
+    with psycopg.connect(source, autocommit=True) as conn:
         n = generate(conn, settings, catalog, ships, start, end)
     print(f"generated {n:,} new narrow rows ({len(ships)} ships x {args.hours} h) "
           f"in {time.perf_counter() - t0:.1f} s")

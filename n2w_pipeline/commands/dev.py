@@ -42,11 +42,13 @@ def run(args: argparse.Namespace) -> int:
         env["N2W_REALTIME"] = "1" if args.realtime else "0"
         _set_realtime(env, args.realtime)
     if args.realtime or (args.realtime is None and settings.realtime):
-        _check_arrival_index(settings, env["N2W_DATABASE_URL"])
+        _check_arrival_index(settings, settings.source_url or env["N2W_DATABASE_URL"])
     cmd = [sys.executable, "-m", "dagster", "dev", "-w", str(project_file("workspace.yaml")),
            "-h", args.host, "-p", str(args.port)]
     print(f"n2w dev: Dagster UI on http://{args.host}:{args.port}")
     print(f"  data:     {redact(env['N2W_DATABASE_URL'])}")
+    if settings.source_url:
+        print(f"  source:   {redact(settings.source_url)}  (the narrow table)")
     print(f"  instance: {redact(env['N2W_DAGSTER_PG_URL'])}  (DAGSTER_HOME={env['DAGSTER_HOME']})")
     sys.stdout.flush()
     for sig in (signal.SIGTERM, signal.SIGHUP):  # Dagster runs in its own session: take it down too
@@ -90,7 +92,7 @@ def _check_arrival_index(settings: Settings, url: str) -> None:
         problem = arrival_index_problem(conn, settings)
         if problem is None or "does not exist" in problem:
             return
-        if settings.database_url:
+        if settings.database_url or settings.source_url:
             print(f"  realtime: {problem}")
             return
         print("  realtime: building the arrival index on the embedded database ...")

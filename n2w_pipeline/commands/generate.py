@@ -9,9 +9,8 @@ import time
 import psycopg
 
 from n2w_pipeline.channels import load_catalog
-from n2w_pipeline.commands._common import parse_time
+from n2w_pipeline.commands._common import parse_time, writable_source
 from n2w_pipeline.config import Settings
-from n2w_pipeline.database import database_url
 from n2w_pipeline.generate import generate
 from n2w_pipeline.hours import floor_hour
 
@@ -20,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "generate",
         help="insert synthetic narrow rows (all value formats, gaps, unknown channels)",
-        description="Insert synthetic rows into the narrow table for N ships x a window at 15 s "
+        description="Insert synthetic rows into the narrow table (on N2W_SOURCE_URL when set) for "
+        "N ships x a window at 15 s "
         "cadence: every listed channel, ~5%% missing samples, Decimal/Integer/Boolean/String "
         "values (some strings unparsable) and three channels in no list. Deterministic for a "
         "seed; rows that already exist are skipped.",
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     start = floor_hour(args.start)
     end = start + dt.timedelta(hours=args.hours)
     t0 = time.perf_counter()
-    with psycopg.connect(database_url(settings), autocommit=True) as conn:
+    with psycopg.connect(writable_source(settings, "generate"), autocommit=True) as conn:
         n = generate(conn, settings, catalog, ships, start, end, seed=args.seed,
                      missing_pct=args.missing_pct)
     secs = time.perf_counter() - t0

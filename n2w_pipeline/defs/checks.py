@@ -18,7 +18,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import dagster as dg
-import psycopg
 
 from n2w_pipeline.channels import ChannelCatalog, ChannelGroup
 from n2w_pipeline.checks import (
@@ -30,6 +29,7 @@ from n2w_pipeline.checks import (
     CheckOutcome,
     NarrowHours,
     evaluate,
+    open_pair,
 )
 from n2w_pipeline.config import Settings
 from n2w_pipeline.defs.partitions import wide_partitions
@@ -103,17 +103,20 @@ def run_check_results(
     groups: Sequence[ChannelGroup],
     windows: Sequence[tuple[str, dt.datetime, dt.datetime]],
     narrow_hours: NarrowHours | None = None,
+    source_url: str | None = None,
 ) -> Iterator[dg.AssetCheckResult]:
     """Evaluate the run's selected checks over its windows and yield one result per check.
-    ``narrow_hours``: what the run read (see ``checks.gather_facts``)."""
+    ``narrow_hours``: what the run read (see ``checks.gather_facts``); ``source_url``: the
+    narrow table's database (default ``url``)."""
     selected = {(k.asset_key, k.name) for k in context.selected_asset_check_keys}
     wanted = [g for g in groups if any((_asset_key(g), n) in selected for n in CHECK_NAMES)]
     if not wanted:
         return
     names = sorted({n for _, n in selected})
     t0 = time.perf_counter()
-    with psycopg.connect(url, autocommit=True) as conn:
-        outcomes = evaluate(conn, settings, wanted, windows, names=names, narrow_hours=narrow_hours)
+    with open_pair(url, source_url) as (conn, source):
+        outcomes = evaluate(conn, settings, wanted, windows, names=names, narrow_hours=narrow_hours,
+                            source=source)
     context.log.info(f"asset checks computed in {time.perf_counter() - t0:.2f} s")
     by_group = {g.number: g for g in wanted}
     for o in outcomes:
@@ -192,8 +195,8 @@ def build_window_checks(settings: Settings, catalog: ChannelCatalog) -> dg.Asset
         start, end = _window(config)
         keys = {k.asset_key for k in context.selected_asset_check_keys}
         wanted = [groups[k] for k in groups if k in keys]
-        with psycopg.connect(n2w_db.resolve_url(settings), autocommit=True) as conn:
-            outcomes = evaluate(conn, settings, wanted, [(config.ship, start, end)])
+        with open_pair(n2w_db.resolve_url(settings), n2w_db.resolve_source_url(settings)) as (conn, source):
+            outcomes = evaluate(conn, settings, wanted, [(config.ship, start, end)], source=source)
         for g in wanted:
             mine = [o for o in outcomes if o.group == g.number]
             failed = [o for o in mine if not o.passed]

@@ -109,7 +109,8 @@ def build_realtime_sensor(settings: Settings, wide: dg.AssetsDefinition) -> dg.S
         ),
     )
     def narrow_realtime(context: dg.SensorEvaluationContext, n2w_db: N2WDatabase) -> dg.SensorResult:
-        with psycopg.connect(n2w_db.resolve_url(settings), autocommit=True) as conn:
+        # the narrow table's server (N2W_SOURCE_URL, e.g. a replica): runs read the same one
+        with psycopg.connect(n2w_db.resolve_source_url(settings), autocommit=True) as conn:
             problem = arrival_index_problem(conn, settings)
             if problem:
                 context.log.warning(problem)

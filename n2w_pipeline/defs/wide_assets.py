@@ -225,6 +225,7 @@ def build_wide_assets(settings: Settings, catalog: ChannelCatalog) -> dg.AssetsD
                 asset_key=wide_asset_key(g),
                 metadata=_metadata(g, settings, total, wall, window_list),
             )
-        yield from run_check_results(context, url, settings, groups, windows, total.narrow_hours)
+        yield from run_check_results(context, url, settings, groups, windows, total.narrow_hours,
+                                     source_url=source)
 
     return narrow_to_wide
