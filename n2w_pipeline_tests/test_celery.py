@@ -395,6 +395,25 @@ def test_a_worker_killed_mid_step_leaves_whole_slices_and_the_step_is_redelivere
         assert instance.event_log_storage.get_concurrency_info(DB_POOL).active_slot_count == 0
 
 
+def test_the_realtime_sensors_run_config_is_valid_under_both_executors(settings, monkeypatch):
+    """The sensor asks for in-process runs under Dagster's default executor and for none
+    under Celery; either is valid for the code location's job of the wide assets."""
+    from dataclasses import replace
+
+    from n2w_pipeline.definitions import build_definitions
+    from n2w_pipeline.defs.executor import step_run_config
+    from n2w_pipeline.defs.wide_assets import build_wide_assets
+
+    monkeypatch.setenv("N2W_CELERY_BROKER", "redis://127.0.0.1:1/0")  # resolved, never contacted
+    celery = replace(settings, executor="celery", celery_broker="redis://127.0.0.1:1/0")
+    for s, executor in ((settings, "multi_or_in_process_executor"), (celery, "celery")):
+        wide = build_wide_assets(s, load_catalog(s.channel_lists_dir))
+        job = build_definitions(s).resolve_implicit_global_asset_job_def().get_subset(
+            asset_selection=set(wide.keys), asset_check_selection=set(wide.check_keys))
+        assert job.executor_def.name == executor
+        assert dg.validate_run_config(job, step_run_config(s))
+
+
 def test_broker_down_at_start_is_one_clear_line(cluster, monkeypatch, capsys):
     """`n2w backfill` and `n2w worker` with nothing listening at the broker URL: exit with
     one line naming the variable, the URL and the reason, no traceback."""
