@@ -1,7 +1,7 @@
 """Connection poolers (PgBouncer) in front of n2w's database: session pooling only.
 
-n2w's connections keep session state across transactions: the reader's temporary
-channel → code table (used by every slice's COPY), the writers' temporary stage tables,
+n2w's connections keep session state across transactions: the reader's channel → code
+list (a session setting used by every slice's COPY), the writers' temporary stage tables,
 advisory locks, prepared statements (psycopg prepares a query it runs often; ADBC prepares
 too), and on PostgreSQL < 16 a session-local function in ``pg_temp``. A pooler in
 *transaction* (or *statement*) mode hands the server connection to another client after each
@@ -33,11 +33,11 @@ class PoolingModeError(RuntimeError):
 MESSAGE = (
     "n2w's database (N2W_DATABASE_URL) goes through a connection pooler in transaction (or "
     "statement) pooling mode: a client's backend changed between two transactions. n2w cannot work "
-    "like that: its connections keep session state across transactions (temporary tables for the "
-    "channel codes and the write stage, advisory locks, prepared statements, a pg_temp function on "
-    "PostgreSQL < 16), which such a pooler hands to other clients. Use session pooling for "
-    "n2w's database (PgBouncer: pool_mode = session, e.g. a second [databases] entry for n2w) or "
-    "connect to PostgreSQL directly; see docs/storage.md."
+    "like that: its connections keep session state across transactions (the channel codes in a "
+    "session setting, temporary tables for the write stage, advisory locks, prepared statements, "
+    "a pg_temp function on PostgreSQL < 16), which such a pooler hands to other clients. Use "
+    "session pooling for n2w's database (PgBouncer: pool_mode = session, e.g. a second "
+    "[databases] entry for n2w) or connect to PostgreSQL directly; see docs/storage.md."
 )
 
 
