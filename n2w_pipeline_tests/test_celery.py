@@ -395,23 +395,35 @@ def test_a_worker_killed_mid_step_leaves_whole_slices_and_the_step_is_redelivere
         assert instance.event_log_storage.get_concurrency_info(DB_POOL).active_slot_count == 0
 
 
-def test_the_realtime_sensors_run_config_is_valid_under_both_executors(settings, monkeypatch):
-    """The sensor asks for in-process runs under Dagster's default executor and for none
-    under Celery; either is valid for the code location's job of the wide assets."""
+def test_under_celery_only_runs_of_the_wide_table_step_leave_the_machine(settings, monkeypatch):
+    """N2W_EXECUTOR=celery: the code location's executor sends a run to Celery only when it
+    holds the wide-table step; runs of every other asset (corrections, exports, rollups) and
+    the check job keep Dagster's default executor. The realtime sensor's run config is valid
+    under both settings."""
     from dataclasses import replace
 
     from n2w_pipeline.definitions import build_definitions
-    from n2w_pipeline.defs.executor import step_run_config
+    from n2w_pipeline.defs.executor import runs_wide_step, step_run_config
     from n2w_pipeline.defs.wide_assets import build_wide_assets
 
-    monkeypatch.setenv("N2W_CELERY_BROKER", "redis://127.0.0.1:1/0")  # resolved, never contacted
+    monkeypatch.setenv("N2W_CELERY_BROKER", "redis://127.0.0.1:1/0")  # never contacted here
     celery = replace(settings, executor="celery", celery_broker="redis://127.0.0.1:1/0")
-    for s, executor in ((settings, "multi_or_in_process_executor"), (celery, "celery")):
-        wide = build_wide_assets(s, load_catalog(s.channel_lists_dir))
-        job = build_definitions(s).resolve_implicit_global_asset_job_def().get_subset(
-            asset_selection=set(wide.keys), asset_check_selection=set(wide.check_keys))
+    wide = build_wide_assets(settings, load_catalog(settings.channel_lists_dir))
+    for s, executor in ((settings, "multi_or_in_process_executor"), (celery, "n2w")):
+        defs = build_definitions(s)
+        everything = defs.resolve_implicit_global_asset_job_def()
+        job = everything.get_subset(asset_selection=set(wide.keys),
+                                    asset_check_selection=set(wide.check_keys))
         assert job.executor_def.name == executor
         assert dg.validate_run_config(job, step_run_config(s))
+        assert runs_wide_step(job)
+    others = [a for a in defs.resolve_asset_graph().assets_defs
+              if a.is_executable and a.is_materializable and not set(a.keys) & set(wide.keys)]
+    assert len(others) >= 3  # corrections, exports, rollups
+    for a in others:
+        job = everything.get_subset(asset_selection=set(a.keys), asset_check_selection=set(a.check_keys))
+        assert not runs_wide_step(job), a.keys
+    assert not runs_wide_step(defs.resolve_job_def("n2w_check_window"))
 
 
 def test_broker_down_at_start_is_one_clear_line(cluster, monkeypatch, capsys):

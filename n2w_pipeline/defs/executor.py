@@ -1,11 +1,12 @@
 """Where the steps of n2w's runs execute: Dagster's default executor, or Celery workers.
 
-``N2W_EXECUTOR=celery`` gives the code location the ``dagster-celery`` executor (the
-Dagster-maintained integration) with ``N2W_CELERY_BROKER`` as broker and
-``N2W_CELERY_BACKEND`` (default: the broker) as result backend, both passed as
-environment-variable references so that no URL (or password) lands in run config or
-logs. The run worker — a process the daemon launches, or ``n2w backfill`` itself — still
-orchestrates the run: it claims the step's slot of the ``n2w_database`` pool, submits
+``N2W_EXECUTOR=celery`` sends the wide-table step of every run that holds it to the
+``dagster-celery`` executor (the Dagster-maintained integration) with
+``N2W_CELERY_BROKER`` as broker and ``N2W_CELERY_BACKEND`` (default: the broker) as result
+backend, read from the environment when the run starts so that no URL (or password)
+lands in run config or logs; other runs keep Dagster's default executor. The run
+worker — a process the daemon launches, or ``n2w backfill`` itself — still orchestrates
+the run: it claims the step's slot of the ``n2w_database`` pool, submits
 the step to the broker, waits for a worker's result and frees the slot. So the pool caps
 the steps in flight whatever the number of workers (``docs/scaling.md``).
 
@@ -28,6 +29,7 @@ Worker and launcher must agree on the Celery settings below; both take them from
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import dagster as dg
@@ -119,36 +121,56 @@ class BrokerDown(dg.DagsterError):
     """The Celery broker did not answer when a run started."""
 
 
-def celery_executor_def(settings: Settings) -> dg.ExecutorDefinition:
-    """The Celery executor, configured from N2W_CELERY_* (env references, not values)."""
-    from dagster._core.execution.retries import RetryMode
-    from dagster_celery.executor import CELERY_CONFIG
+WIDE_STEP = "narrow_to_wide"
+"""The node of the wide-table multi-asset (``defs/wide_assets.py``): the step sent to Celery."""
 
-    @dg.executor(
-        name="celery",
-        config_schema=CELERY_CONFIG,
-        requirements=dg.multiple_process_executor_requirements(),
-    )
-    def n2w_celery_executor(init_context: dg.InitExecutorContext):  # noqa: ANN202
-        cfg = init_context.executor_config
+
+def celery_executor_def(settings: Settings) -> dg.ExecutorDefinition:
+    """n2w's executor with ``N2W_EXECUTOR=celery``: dagster-celery's for runs holding the
+    wide-table step, Dagster's default for every other run.
+
+    Only the wide-table step is meant for the workers: corrections read files from
+    ``N2W_MIGRATION_DIR`` and exports write ``N2W_EXPORT_DIR`` and the embedded ClickHouse
+    on the daemon's machine, so their runs keep executing there. (Those assets are
+    partitioned differently from the wide assets, so a run never holds both.) The config
+    schema is the default executor's (``in_process`` / ``multiprocess``): run config written
+    for it stays valid, and is used for the runs that stay local. The broker and backend
+    URLs are read from N2W_CELERY_BROKER / N2W_CELERY_BACKEND when a run starts, never
+    stored in run config.
+    """
+    from dagster._core.definitions.executor_definition import multi_or_in_process_executor
+    from dagster._core.execution.retries import RetryMode
+
+    default = multi_or_in_process_executor
+
+    def requirements(config):  # noqa: ANN001, ANN202 - Dagster's requirements hook
+        # a run may go to Celery, which needs a reconstructable job and a persistent instance
+        return dg.multiple_process_executor_requirements()
+
+    @dg.executor(name="n2w", config_schema=default.config_schema, requirements=requirements)
+    def n2w_executor(init_context: dg.InitExecutorContext):  # noqa: ANN202
+        if not runs_wide_step(init_context.job.get_definition()):
+            return default.executor_creation_fn(init_context)
+        broker = os.environ.get(BROKER_ENV)
+        if not broker:
+            raise BrokerDown(f"N2W_EXECUTOR=celery but {BROKER_ENV} is not set in this run's process")
         return _celery_executor_class()(
-            broker=cfg.get("broker"),
-            backend=cfg.get("backend"),
-            config_source=cfg.get("config_source"),
-            include=cfg.get("include"),
-            retries=RetryMode.from_config(cfg["retries"]),
+            broker=broker,
+            backend=os.environ.get(BACKEND_ENV) or broker,
+            config_source=celery_config(settings),
+            retries=RetryMode.from_config({"enabled": {}}),
         )
 
-    backend_env = BACKEND_ENV if settings.celery_backend else BROKER_ENV
-    return n2w_celery_executor.configured({
-        "broker": {"env": BROKER_ENV},
-        "backend": {"env": backend_env},
-        "config_source": celery_config(settings),
-    })
+    return n2w_executor
+
+
+def runs_wide_step(job: dg.JobDefinition) -> bool:
+    """Whether ``job`` (a run's job, subset to its selection) executes the wide-table step."""
+    return WIDE_STEP in {node.name for node in job.nodes_in_topological_order}
 
 
 def executor_def(settings: Settings) -> dg.ExecutorDefinition | None:
-    """The code location's executor: None (Dagster's default) or Celery."""
+    """The code location's executor: None (Dagster's default) or n2w's Celery dispatcher."""
     return celery_executor_def(settings) if uses_celery(settings) else None
 
 
