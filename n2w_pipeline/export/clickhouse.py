@@ -208,8 +208,10 @@ def _plain_version(url: str) -> str | None:
 
     parts = urlsplit(url)
     base = urlunsplit(parts._replace(netloc=f"{parts.hostname}:{parts.port or 8123}", path="/", query=""))
+    request = urllib.request.Request(base + "?query=SELECT%20version()", headers={
+        "X-ClickHouse-User": parts.username or "default", "X-ClickHouse-Key": parts.password or ""})
     try:
-        with urllib.request.urlopen(base + "?query=SELECT%20version()", timeout=5) as r:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=5) as r:  # noqa: S310
             return r.read().decode().strip()
     except Exception:  # noqa: BLE001 - only for the message
         return None
