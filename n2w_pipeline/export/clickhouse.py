@@ -102,9 +102,17 @@ class ChdbBackend:
             self._session = session.Session(str(self.path))
             self._session.query(f"CREATE DATABASE IF NOT EXISTS {ident(database)}")
             self._session.query(f"USE {ident(database)}")
+            self._drop_leftover_stages()
         except BaseException:
             self._release()
             raise
+
+    def _drop_leftover_stages(self) -> None:
+        """Stage tables of a process killed mid-day (this process holds the folder alone)."""
+        got = self.query_arrow("SELECT name FROM system.tables WHERE database = {db:String} "
+                               "AND startsWith(name, '_n2w_stage_')", {"db": self.database})
+        for name in (got.column(0).to_pylist() if got.num_rows else []):
+            self.command(f"DROP TABLE IF EXISTS {ident(self.database)}.{ident(str(name))}")
 
     def command(self, query: str, params: dict[str, Any] | None = None) -> None:
         self._session.query(query, "CSV", params=params or {})
