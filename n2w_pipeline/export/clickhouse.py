@@ -47,7 +47,6 @@ from n2w_pipeline.export.read import SHIP_COLUMN, ColumnStats
 
 DEFAULT_DATABASE = "n2w"
 TIME_TYPE = "DateTime64(6, 'UTC')"
-STATS_CHUNK = 500
 LOCK_WAIT_SECONDS = 600.0
 
 
@@ -305,19 +304,22 @@ class DayLoad:
         self.backend.command(f"DROP TABLE IF EXISTS {self.stage}")
 
 
+def read_day(backend: Backend, group: ChannelGroup, ship: str, start: dt.datetime, end: dt.datetime
+             ) -> pa.Table:
+    """The ship-day's rows as ClickHouse holds them (for the reconciliation)."""
+    return backend.query_arrow(f"SELECT * FROM {table_name(backend, group)} WHERE {_WHERE}",
+                               _window(ship, start, end))
+
+
 def day_stats(backend: Backend, group: ChannelGroup, ship: str, start: dt.datetime, end: dt.datetime,
               columns: Sequence[str]) -> ColumnStats:
-    """ClickHouse's figures for the ship-day (count, per column count and sum)."""
-    stats = ColumnStats()
-    cols = list(columns)
-    for i in range(0, max(len(cols), 1), STATS_CHUNK):
-        chunk = cols[i:i + STATS_CHUNK]
-        aggs = ["count()"] + [f"count({ident(c)}), sum({ident(c)})" for c in chunk]
-        query = f"SELECT {', '.join(aggs)} FROM {table_name(backend, group)} WHERE {_WHERE}"
-        got = backend.query_arrow(query, _window(ship, start, end))
-        row = [got.column(k)[0].as_py() for k in range(got.num_columns)]
-        stats.rows = int(row[0])
-        for j, c in enumerate(chunk):
-            stats.count[c] = int(row[1 + 2 * j])
-            stats.total[c] = float(row[2 + 2 * j] or 0.0)
-    return stats
+    """ClickHouse's rows of the ship-day read back, counted and summed by Polars. (One
+    ``count/sum`` query over ~1,300 expressions took 1-3 s per group-day in chDB 4.4, up to 50 s
+    on the first query after a re-opened session; reading the day back takes ~0.3 s.)"""
+    import polars as pl
+
+    from n2w_pipeline.export.reconcile import frame_stats
+
+    frame = pl.from_arrow(read_day(backend, group, ship, start, end))
+    assert isinstance(frame, pl.DataFrame)
+    return frame_stats(frame, columns)

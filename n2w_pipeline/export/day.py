@@ -237,11 +237,12 @@ def _export_once(
         if n in writers:
             got = file_stats(Path(writers[n].path), list(g.columns))
             out[n].parquet_mismatches = compare(ref, got, g.columns)
+            clock("parquet_check")
         if n in loads:
             assert backend is not None
             got = ch.day_stats(backend, g, ship, start, end, g.columns)
             out[n].clickhouse_mismatches = compare(ref, got, g.columns)
-    clock("reconcile")
+            clock("clickhouse_check")
     return out
 
 

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from n2w_pipeline.export.read import ColumnStats
+from n2w_pipeline.export.reconcile import frame_stats
 
 COMPRESSION = "zstd"
 
@@ -86,17 +87,4 @@ def _fsync_dir(folder: Path) -> None:
 
 def file_stats(path: Path, columns: list[str]) -> ColumnStats:
     """The reconciliation's figures of a published file, read back from disk with Polars."""
-    frame = pl.read_parquet(path)
-    have = [c for c in columns if c in frame.columns]
-    stats = ColumnStats(rows=frame.height)
-    if not have:
-        return stats
-    agg = frame.select(
-        [pl.col(c).count().alias(f"n{i}") for i, c in enumerate(have)]
-        + [pl.col(c).sum().alias(f"s{i}") for i, c in enumerate(have)]
-    ).row(0)
-    k = len(have)
-    for i, c in enumerate(have):
-        stats.count[c] = int(agg[i])
-        stats.total[c] = float(agg[k + i] or 0.0)
-    return stats
+    return frame_stats(pl.read_parquet(path), columns)

@@ -7,6 +7,8 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import polars as pl
+
 from n2w_pipeline.export.read import ColumnStats
 
 SUM_TOLERANCE = 1e-9
@@ -18,6 +20,23 @@ class Mismatch:
     what: str  # rows | count | sum
     expected: float
     actual: float
+
+
+def frame_stats(frame: pl.DataFrame, columns: Sequence[str]) -> ColumnStats:
+    """Rows, and per column the non-NULL count and sum, of exported data read back."""
+    have = [c for c in columns if c in frame.columns]
+    stats = ColumnStats(rows=frame.height)
+    if not have:
+        return stats
+    agg = frame.select(
+        [pl.col(c).count().alias(f"n{i}") for i, c in enumerate(have)]
+        + [pl.col(c).sum().alias(f"s{i}") for i, c in enumerate(have)]
+    ).row(0)
+    k = len(have)
+    for i, c in enumerate(have):
+        stats.count[c] = int(agg[i])
+        stats.total[c] = float(agg[k + i] or 0.0)
+    return stats
 
 
 def compare(reference: ColumnStats, actual: ColumnStats, columns: Sequence[str],
