@@ -7,7 +7,7 @@ import dagster as dg
 from n2w_pipeline.channels import load_catalog
 from n2w_pipeline.config import Settings
 from n2w_pipeline.defs.automation import DayProduct, build_day_refresh_sensor
-from n2w_pipeline.defs.checks import build_check_job, build_window_checks
+from n2w_pipeline.defs.checks import build_check_job
 from n2w_pipeline.defs.corrections import build_correction_asset, build_correction_sensor
 from n2w_pipeline.defs.executor import executor_def
 from n2w_pipeline.defs.exports import build_export_assets, export_product
@@ -22,7 +22,6 @@ from n2w_pipeline.defs.wide_assets import build_wide_assets, narrow_source_spec,
 def build_definitions(settings: Settings) -> dg.Definitions:
     catalog = load_catalog(settings.channel_lists_dir)
     wide = build_wide_assets(settings, catalog)
-    window_checks = build_window_checks(settings, catalog)
     corrections = build_correction_asset(settings, catalog)
     rollups = build_rollup_assets(settings, catalog)
     exports = build_export_assets(settings, catalog)
@@ -32,8 +31,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     refresh = build_day_refresh_sensor(settings, wide_keys, day_products, corrections_key=corrections.key)
     return dg.Definitions(
         assets=[narrow_source_spec(settings), wide, corrections, rollups, exports],
-        asset_checks=[window_checks],
-        jobs=[build_check_job(window_checks), retention],
+        jobs=[build_check_job(settings, catalog), retention],
         schedules=[build_retention_schedule(settings, retention), build_export_schedule(settings, exports)],
         sensors=[build_realtime_sensor(settings, wide), build_correction_sensor(settings, corrections),
                  refresh],

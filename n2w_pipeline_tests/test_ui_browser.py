@@ -4,7 +4,9 @@
 backfill of 1 ship x 6 hours through the UI's own partition dialog (the path users take, which
 honours ``BackfillPolicy.multi_run``), waits for the backfill page to say it succeeded, then
 checks the database (exactly those partitions' rows, equal to an independent SQL pivot), the
-instance (one run covering the range) and the UI (partition counts and asset checks).
+instance (one run covering the range) and the UI: partition counts, and every asset check
+shown as the run recorded it — "n / 4 Passed" on the asset graph, each check's status on the
+Checks tab (the checks are not partitioned, so a range run's results are what the UI shows).
 
 Screenshots of every step land in the test's ``tmp_path``; with ``N2W_UPDATE_SCREENSHOTS=1``
 the asset graph and the finished backfill are also copied to ``docs/screenshots/`` for the
@@ -412,24 +414,36 @@ def test_backfill_from_the_ui_writes_exactly_the_selected_partitions(
             assert runs[0].tags["dagster/asset_partition_range_start"] == f"{_hour(FIRST)}|{SHIP}"
             assert runs[0].tags["dagster/asset_partition_range_end"] == f"{_hour(LAST)}|{SHIP}"
 
-            # 5. the graph with the new materialisations, and the checks the code defines
+            # 5. the graph with the new materialisations and the checks the backfill run recorded:
+            #    every check of every wide asset evaluated, each shown as the instance has it
+            assert set(evaluations) == {(a, c) for a, names in checks.items() for c in names}
+            summaries = {a: f"{sum(evaluations[(a, c)] for c in names)} / {len(names)} Passed"
+                         for a, names in checks.items()}
             page.goto(f"{base}/locations/n2w/asset-groups/wide_tables")
             expect(page.get_by_text(re.compile(r" ago$"))).to_have_count(len(assets))
             expect(page.get_by_text(re.compile(r"^Loading"))).to_have_count(0)
+            expect(page.get_by_text(re.compile(r"^\d+ / \d+ Passed$"))).to_have_count(len(assets))
+            for text in set(summaries.values()):  # waits for the live data to arrive
+                expect(page.get_by_text(text, exact=True)).to_have_count(
+                    sum(v == text for v in summaries.values()))
             shot("08_asset_graph_after.png")
             for asset, names in checks.items():
                 page.goto(f"{base}/assets/{asset}?view=checks")
                 expect(page.get_by_text(f"Checks ({len(names)})", exact=True)).to_be_visible()
                 for check in names:
+                    passed = evaluations[(asset, check)]
                     item = page.get_by_text(check, exact=True).first
                     expect(item).to_be_visible()
-                    if (asset, check) not in evaluations:
-                        continue  # not run by a materialisation (e.g. needs a window chosen)
+                    # the list's status line under each check name (drawn twice: MiddleTruncate),
+                    # then the check's own page
+                    body = page.locator("body").inner_text()
+                    listed = re.search(rf"^{check}\n(?:{check}\n)*(.+)$", body, re.M)
+                    assert listed and listed.group(1) == ("Succeeded" if passed else "Failed"), (
+                        asset, check, listed and listed.group(1))
                     item.click()
                     expect(page.get_by_text("Evaluation result", exact=True)).to_be_visible()
-                    shown = _status(page, "Evaluation result")
-                    wanted = {"Passed"} if evaluations[(asset, check)] else {"Failed", "Warning"}
-                    assert shown in wanted, (asset, check, shown)
+                    result = _status(page, "Evaluation result")
+                    assert result in ({"Passed"} if passed else {"Failed", "Warning"}), (asset, check, result)
                 shot(f"09_checks_{asset}.png")
             page.goto(f"{base}/assets/{assets[0]}")  # description and definition metadata
             expect(page.get_by_text("column_count", exact=True).first).to_be_visible()

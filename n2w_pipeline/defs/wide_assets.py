@@ -12,7 +12,7 @@ import dagster as dg
 
 from n2w_pipeline.channels import ChannelCatalog, ChannelGroup
 from n2w_pipeline.config import Settings
-from n2w_pipeline.defs.checks import run_check_results, run_check_specs
+from n2w_pipeline.defs.checks import recheck_results, run_check_results, run_check_specs
 from n2w_pipeline.defs.partitions import ship_windows, wide_partitions
 from n2w_pipeline.defs.resources import N2WDatabase
 from n2w_pipeline.instance import DB_POOL
@@ -174,7 +174,7 @@ def build_wide_assets(settings: Settings, catalog: ChannelCatalog) -> dg.AssetsD
     @dg.multi_asset(
         name="narrow_to_wide",
         specs=[_spec(settings, g) for g in catalog.groups],
-        check_specs=run_check_specs(settings, catalog) if settings.checks_in_runs else None,
+        check_specs=run_check_specs(catalog) if settings.checks_in_runs else None,
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.multi_run(settings.run_hours),
         can_subset=True,
@@ -192,9 +192,12 @@ def build_wide_assets(settings: Settings, catalog: ChannelCatalog) -> dg.AssetsD
         with the narrow rows the run read (the on-demand check job counts the narrow table).
         """
         groups = [groups_by_key[k] for k in sorted(context.selected_asset_keys) if k in groups_by_key]
-        windows = ship_windows(partitions, context.partition_keys)
         url = n2w_db.resolve_url(settings)
         source = n2w_db.resolve_source_url(settings)
+        if not groups:  # checks only (the Checks tab's Execute): evaluate them, write nothing
+            yield from recheck_results(context, url, settings, catalog, partitions, source_url=source)
+            return
+        windows = ship_windows(partitions, context.partition_keys)
         hours = sum(int((e - s).total_seconds() // 3600) for _, s, e in windows)
         context.log.info(
             f"{len(windows)} window(s), {hours} ship-hour(s), groups "
