@@ -64,6 +64,8 @@ ROWS_PER_HOUR = 240                     # 15-second cadence
 SERVER_START_S = 180                    # generous deadlines: failures, not speed, are tested
 BACKFILL_S = 900
 RUNNING = ("", "Requested", "Queued", "Started", "In progress", "Canceling")  # backfill states
+VIEWPORT = {"width": 1400, "height": 860}
+GRAPH_VIEWPORT = {"width": 1400, "height": 1120}
 README_SHOTS = {"08_asset_graph_after.png": "asset_graph.png",
                 "06_backfill_finished.png": "backfill_finished.png"}
 
@@ -326,8 +328,7 @@ def test_backfill_from_the_ui_writes_exactly_the_selected_partitions(
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_context(viewport={"width": 1400, "height": 860},
-                                       timezone_id="UTC").new_page()
+            page = browser.new_context(viewport=VIEWPORT, timezone_id="UTC").new_page()
             page.set_default_timeout(60_000)
             expect.set_options(timeout=60_000)
             # a fresh instance greets with "Join the Dagster community" over every page, a
@@ -419,6 +420,7 @@ def test_backfill_from_the_ui_writes_exactly_the_selected_partitions(
             assert set(evaluations) == {(a, c) for a, names in checks.items() for c in names}
             summaries = {a: f"{sum(evaluations[(a, c)] for c in names)} / {len(names)} Passed"
                          for a, names in checks.items()}
+            page.set_viewport_size(GRAPH_VIEWPORT)  # the group's graph with its downstream stubs, whole
             page.goto(f"{base}/locations/n2w/asset-groups/wide_tables")
             expect(page.get_by_text(re.compile(r" ago$"))).to_have_count(len(assets))
             expect(page.get_by_text(re.compile(r"^Loading"))).to_have_count(0)
@@ -427,6 +429,7 @@ def test_backfill_from_the_ui_writes_exactly_the_selected_partitions(
                 expect(page.get_by_text(text, exact=True)).to_have_count(
                     sum(v == text for v in summaries.values()))
             shot("08_asset_graph_after.png")
+            page.set_viewport_size(VIEWPORT)
             for asset, names in checks.items():
                 page.goto(f"{base}/assets/{asset}?view=checks")
                 expect(page.get_by_text(f"Checks ({len(names)})", exact=True)).to_be_visible()
