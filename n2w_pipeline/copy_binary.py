@@ -61,3 +61,26 @@ def encode_dense_copy(block: WideBlock) -> np.ndarray:
     out = _copy_rows(block)
     out["c"]["v"] = np.where(block.mask, block.values, np.nan)
     return out
+
+
+def decode_dense_copy(data: bytes | bytearray | memoryview, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse of ``encode_dense_copy``: a binary COPY of (created_time, col_0 … col_k-1)
+    whose fields are all present (the query sends NULL as NaN, ``coalesce(c, 'NaN')``) →
+    (times as µs since 1970, values as a (rows, k) float64 array), one vectorised pass.
+    Raises ``ValueError`` if the data is not such a COPY."""
+    view = memoryview(data)
+    if len(view) < len(COPY_HEADER) + 2 or bytes(view[: len(COPY_HEADER)]) != COPY_HEADER:
+        raise ValueError("not a binary COPY without header extension")
+    if bytes(view[-2:]) != COPY_TRAILER:
+        raise ValueError("binary COPY without its trailer")
+    body = view[len(COPY_HEADER): -2]
+    cell = np.dtype([("len", ">i4"), ("v", ">f8")])
+    row = np.dtype([("fields", ">i2"), ("tlen", ">i4"), ("t", ">i8"), ("c", cell, (k,))])
+    if len(body) % row.itemsize:
+        raise ValueError(f"binary COPY rows are not {k + 1} fields of 8 bytes (a NULL or another type)")
+    rows = np.frombuffer(body, dtype=row)
+    if rows.size and ((rows["fields"] != k + 1).any() or (rows["tlen"] != 8).any()
+                      or (rows["c"]["len"] != 8).any()):
+        raise ValueError(f"binary COPY rows are not {k + 1} fields of 8 bytes (a NULL or another type)")
+    times = rows["t"].astype(np.int64) + _PG_EPOCH_US
+    return times, rows["c"]["v"].astype(np.float64)

@@ -31,3 +31,27 @@ def test_parquet_path_is_hive_style_per_group_ship_day():
     assert got == Path(
         "/x/wide_2_engine_generator/ship_id=IMO9976903/date=2025-03-01/IMO9976903_2025-03-01.parquet"
     )
+
+
+def test_dense_copy_decodes_what_it_encodes_and_refuses_nulls():
+    import numpy as np
+
+    from n2w_pipeline.copy_binary import (
+        COPY_HEADER,
+        COPY_TRAILER,
+        decode_dense_copy,
+        encode_copy_binary,
+        encode_dense_copy,
+    )
+    from n2w_pipeline.pivot import WideBlock
+
+    times = np.array([1_740_787_200_000_000, 1_740_787_215_000_000], np.int64)
+    values = np.array([[1.5, -2.0, 0.0], [3.25, 7.0, -1e300]])
+    mask = np.array([[True, False, True], [True, True, True]])
+    block = WideBlock(times, values, mask)
+    data = COPY_HEADER + memoryview(encode_dense_copy(block)).cast("B").tobytes() + COPY_TRAILER
+    got_t, got_v = decode_dense_copy(data, 3)
+    assert got_t.tolist() == times.tolist()
+    assert np.array_equal(np.isnan(got_v), ~mask) and np.array_equal(got_v[mask], values[mask])
+    with pytest.raises(ValueError, match="8 bytes"):
+        decode_dense_copy(encode_copy_binary(block), 3)  # a real NULL: not a dense COPY

@@ -43,7 +43,8 @@ class ParquetDayWriter:
         schema = schema.with_metadata({**(schema.metadata or {}), **(metadata or {})})
         self.schema = schema
         self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
-            self.tmp, schema, compression=COMPRESSION, write_statistics=True
+            self.tmp, schema, compression=COMPRESSION, write_statistics=True,
+            use_dictionary=False,  # float columns rarely repeat: the dictionary attempt only costs time
         )
         self.rows = 0
 
