@@ -5,7 +5,7 @@ The unit of work is one ship-day, for every selected group at once (the slices o
 both targets, so PostgreSQL is read once). While a day is exported, a session-level advisory
 lock on (ship, day) keeps a second export of the same day (another run, ``n2w export``) waiting,
 so the last export to finish read the newest data. A failure of the day discards its temporary
-file and stage table: the published file and the ClickHouse rows stay as they were, and the
+file and in-memory day: the published file and the ClickHouse rows stay as they were, and the
 retry starts the day again. Transient failures (connection refused or lost, an I/O error, a
 full or missing export folder) are retried ``N2W_EXPORT_RETRIES`` times, waiting a random time
 up to ``N2W_EXPORT_RETRY_SECONDS`` × 2^attempt (at most 60 s); then one ``ExportError`` line
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import secrets
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -193,7 +192,7 @@ def _export_once(
                 assert backend is not None
                 _, out[n].clickhouse_added = ch.ensure_table(backend, groups[n])
                 out[n].clickhouse_table = ch.table_name(backend, groups[n])
-                loads[n] = ch.DayLoad(backend, groups[n], ship, day, secrets.token_hex(4))
+                loads[n] = ch.DayLoad(backend, groups[n], ship, day)
             clock("clickhouse_ddl")
             for n in sorted(to_parquet):
                 writers[n] = ParquetDayWriter(parquet_path(settings, groups[n], ship, day),
