@@ -1,0 +1,300 @@
+"""Export benchmark: n2w to Parquet and ClickHouse against what a user would write instead, one run.
+
+    .venv/bin/n2w bench export            # one ship-week of wide tables (~40M narrow rows behind them)
+    .venv/bin/n2w bench export --quick    # one ship-day
+
+Uses the backfill benchmark's scratch data: the narrow ship-week in ``n2w_bench`` (generated
+if missing) and its wide tables in ``n2w_bench_wide`` (backfilled through n2w if missing), then
+measures, side by side:
+
+* n2w → Parquet, one ship-day and one ship-week; n2w → ClickHouse (embedded chDB), one
+  ship-week; n2w → both. The code the export assets run (``export_day``: one snapshot per day,
+  COPY/Arrow slices, temp file + rename, staged ClickHouse replace, the reconciliation read-back
+  included), each in a fresh process whose peak RSS is reported;
+* ``n2w export`` through Dagster for the ship-week (run start-up included);
+* ``polars.read_database(SELECT * …, psycopg connection).write_parquet(…)`` per group per day;
+* ``COPY (SELECT * …) TO STDOUT (FORMAT csv)`` into a file per group per day;
+* one analytic query, the hourly average of 10 channels over the week for the ship, on
+  ClickHouse (chDB, the loaded tables) and on PostgreSQL (the wide table), best of 3.
+
+Rows are wide rows (a timestamp of one group's table); cells are rows × that group's channels
+(NULL cells included: every one is written). Results: ``benchmarks/results/export-<time>.json``.
+"""
+
+import argparse
+import datetime as dt
+import importlib.util
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from n2w_pipeline.channels import load_catalog  # noqa: E402
+from n2w_pipeline.config import Settings  # noqa: E402
+from n2w_pipeline.database import database_url  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("bench_backfill", ROOT / "benchmarks" / "backfill.py")
+backfill = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
+_spec.loader.exec_module(backfill)  # type: ignore[union-attr]
+
+SHIP, START, DAY = backfill.SHIP, backfill.START, backfill.DAY
+QUERY_CHANNELS = 10
+
+
+def export_settings(base: Settings) -> Settings:
+    s = backfill.bench_settings(base)
+    scratch = Path(base.state_dir) / "bench_export"
+    return replace(s, export_dir=scratch / "parquet", clickhouse_path=scratch / "clickhouse",
+                   clickhouse_url=None)
+
+
+def ensure_wide(conn: psycopg.Connection, settings: Settings, catalog, days: int) -> None:  # noqa: ANN001
+    """Backfill the wide tables through n2w unless their first and last hours have rows."""
+    table = sql.Identifier(settings.target_schema, settings.table_name(SHIP, catalog.groups[-1].number))
+    end = START + days * DAY
+    have = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table.as_string(conn),)).fetchone()
+    if have and have[0]:
+        probe = sql.SQL("SELECT count(*) FILTER (WHERE created_time < %s), count(*) FILTER "
+                        "(WHERE created_time >= %s) FROM {} WHERE created_time >= %s AND created_time < %s")
+        bounds = (START + backfill.HOUR, end - backfill.HOUR, START, end)
+        row = conn.execute(probe.format(table), bounds).fetchone()
+        if row and row[0] and row[1]:
+            return
+    from n2w_pipeline.commands._common import run_backfill
+
+    t0 = time.perf_counter()
+    run_backfill(settings, [SHIP], START, end, quiet=True)
+    print(f"backfilled the wide tables in {time.perf_counter() - t0:.0f} s")
+
+
+def child(kind: str, days: str) -> None:
+    """One n2w export in this (fresh) process: parquet | clickhouse | both | dagster."""
+    from n2w_pipeline.export.day import clickhouse_backend, export_day
+
+    settings = export_settings(Settings.from_env())
+    catalog = load_catalog(settings.channel_lists_dir)
+    url = database_url(settings)
+    n = int(days)
+    t0 = time.perf_counter()
+    rows = cells = 0
+    if kind == "dagster":
+        from n2w_pipeline.commands.export import run_export
+
+        last = START.date() + dt.timedelta(days=n)
+        summaries = run_export(settings, [SHIP], START.date(), last, "both", quiet=True)
+        rows = sum(md["rows"] for s in summaries for k, md in s["assets"].items()
+                   if k.startswith("parquet"))
+        per = {g.number: len(g.columns) for g in catalog.groups}
+        cells = sum(md["rows"] * per[int(k.split("_")[1])] for s in summaries
+                    for k, md in s["assets"].items() if k.startswith("parquet"))
+    else:
+        pq = list(catalog.groups) if kind in ("parquet", "both") else []
+        chg = list(catalog.groups) if kind in ("clickhouse", "both") else []
+        with clickhouse_backend(settings, None) if chg else _null() as backend:
+            for i in range(n):
+                r = export_day(url, settings, SHIP, START.date() + dt.timedelta(days=i), pq, chg, backend)
+                bad = [g.group.number for g in r.groups.values()
+                       if (g.parquet_mismatches or g.clickhouse_mismatches)]
+                if bad:
+                    raise SystemExit(f"reconciliation failed for groups {bad}")
+                rows += r.rows
+                cells += sum(g.rows * len(g.group.columns) for g in r.groups.values())
+    seconds = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"seconds": seconds, "rows": rows, "cells": cells, "peak_rss": rss}))
+
+
+class _null:
+    def __enter__(self):  # noqa: ANN204
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def run_child(kind: str, days: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", kind, str(days)],
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{kind} export failed:\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def select_all(settings: Settings, group) -> sql.Composed:  # noqa: ANN001
+    cols = [sql.Identifier("created_time")] + [sql.Identifier(c) for c in group.columns]
+    return sql.SQL(
+        "SELECT {} FROM {} WHERE created_time >= %s AND created_time < %s ORDER BY created_time").format(
+        sql.SQL(", ").join(cols),
+        sql.Identifier(settings.target_schema, settings.table_name(SHIP, group.number)))
+
+
+def polars_baseline(url: str, settings: Settings, catalog, days: int, folder: Path) -> dict:  # noqa: ANN001
+    import polars as pl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = cells = 0
+    t0 = time.perf_counter()
+    with psycopg.connect(url) as conn:
+        for i in range(days):
+            a = START + i * DAY
+            for g in catalog.groups:
+                query = select_all(settings, g).as_string(conn)
+                frame = pl.read_database(query, connection=conn, execute_options={"params": (a, a + DAY)})
+                frame.write_parquet(folder / f"{g.asset_name}_{a:%Y-%m-%d}.parquet", compression="zstd")
+                rows += frame.height
+                cells += frame.height * len(g.columns)
+    return {"seconds": time.perf_counter() - t0, "rows": rows, "cells": cells}
+
+
+def copy_csv_baseline(url: str, settings: Settings, catalog, days: int, folder: Path) -> dict:  # noqa: ANN001
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = cells = 0
+    t0 = time.perf_counter()
+    with psycopg.connect(url) as conn:
+        for i in range(days):
+            a = START + i * DAY
+            for g in catalog.groups:
+                inner = select_all(settings, g).as_string(conn)
+                stmt = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv, HEADER)").format(sql.SQL(inner))
+                n = 0
+                path = folder / f"{g.asset_name}_{a:%Y-%m-%d}.csv"
+                with open(path, "wb") as f, conn.cursor() as cur, cur.copy(stmt, (a, a + DAY)) as copy:
+                    for block in copy:
+                        f.write(block)
+                        n += bytes(block).count(b"\n")
+                rows += n - 1
+                cells += (n - 1) * len(g.columns)
+    return {"seconds": time.perf_counter() - t0, "rows": rows, "cells": cells}
+
+
+def query_bench(url: str, settings: Settings, catalog, days: int) -> dict:  # noqa: ANN001
+    """Hourly average of 10 channels of group 2 over the range, one ship: ClickHouse vs PostgreSQL."""
+    from n2w_pipeline.export.clickhouse import ident
+    from n2w_pipeline.export.day import clickhouse_backend
+
+    g = max(catalog.groups, key=lambda x: len(x.columns))
+    cols = list(g.columns[:QUERY_CHANNELS])
+    end = START + days * DAY
+    pg = sql.SQL("SELECT date_trunc('hour', created_time) AS h, {} FROM {} WHERE created_time >= %s "
+                 "AND created_time < %s GROUP BY h ORDER BY h").format(
+        sql.SQL(", ").join(sql.SQL("avg({})").format(sql.Identifier(c)) for c in cols),
+        sql.Identifier(settings.target_schema, settings.table_name(SHIP, g.number)))
+    ch = (f"SELECT toStartOfHour(created_time) AS h, {', '.join(f'avg({ident(c)})' for c in cols)} "
+          f"FROM {ident('n2w')}.{ident(g.asset_name)} WHERE ship_id = {{ship:String}} AND created_time >= "
+          "{a:DateTime64(6, 'UTC')} AND created_time < {b:DateTime64(6, 'UTC')} GROUP BY h ORDER BY h")
+    params = {"ship": SHIP, "a": f"{START:%Y-%m-%d %H:%M:%S}", "b": f"{end:%Y-%m-%d %H:%M:%S}"}
+    pg_times, ch_times = [], []
+    with psycopg.connect(url) as conn:
+        for _ in range(3):
+            t0 = time.perf_counter()
+            pg_rows = conn.execute(pg, (START, end)).fetchall()
+            pg_times.append(time.perf_counter() - t0)
+    with clickhouse_backend(settings, None) as backend:
+        for _ in range(3):
+            t0 = time.perf_counter()
+            ch_rows = backend.query_arrow(ch, params)
+            ch_times.append(time.perf_counter() - t0)
+    assert ch_rows.num_rows == len(pg_rows), (ch_rows.num_rows, len(pg_rows))
+    got = [ch_rows.column(1)[i].as_py() for i in range(ch_rows.num_rows)]
+    want = [r[1] for r in pg_rows]
+    assert all((a is None and b is None) or abs(a - b) <= 1e-9 * max(1.0, abs(b))
+               for a, b in zip(got, want, strict=True))
+    return {"hours": len(pg_rows), "channels": len(cols), "postgres_s": min(pg_times),
+            "clickhouse_s": min(ch_times)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="one ship-day instead of a ship-week")
+    p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        child(*args.child)
+        return 0
+    base = Settings.from_env()
+    settings = export_settings(base)
+    catalog = load_catalog(settings.channel_lists_dir)
+    url = database_url(settings)
+    backfill.bench_dagster_env(base)
+    days = 1 if args.quick else 7
+    scratch = Path(base.state_dir) / "bench_export"
+    with psycopg.connect(url, autocommit=True) as conn:
+        n, secs = backfill.ensure_data(conn, replace(settings, target_schema=backfill.TARGET), catalog,
+                                       START, START + days * DAY)
+        if n:
+            print(f"generated {n:,} narrow rows in {secs:.0f} s")
+        ensure_wide(conn, settings, catalog, days)
+        conn.execute(sql.SQL("VACUUM ANALYZE {}").format(
+            sql.Identifier(settings.target_schema, settings.table_name(SHIP, 2))))
+    rows_out: list[dict] = []
+
+    def line(name: str, r: dict, note: str = "") -> None:
+        m = {"method": name, **r, "rows_per_s": r["rows"] / r["seconds"],
+             "cells_per_s": r["cells"] / r["seconds"], "note": note}
+        rows_out.append(m)
+        rss = f"{r['peak_rss'] / 2**20:,.0f} MB" if r.get("peak_rss") else ""
+        print(f"  {name:<52} {r['rows']:>9,} rows {r['seconds']:>7.1f} s {m['rows_per_s']:>9,.0f} rows/s "
+              f"{m['cells_per_s']:>12,.0f} cells/s {rss:>8}", flush=True)
+
+    shutil.rmtree(scratch, ignore_errors=True)
+    line("polars.read_database(...).write_parquet(...) per day", polars_baseline(
+        url, settings, catalog, days, scratch / "polars"))
+    line("COPY (SELECT ...) TO STDOUT (FORMAT csv) to a file per day", copy_csv_baseline(
+        url, settings, catalog, days, scratch / "csv"))
+    line("n2w -> Parquet, one ship-day", run_child("parquet", 1))
+    if days > 1:
+        line(f"n2w -> Parquet, one ship-week ({days} days)", run_child("parquet", days))
+    line(f"n2w -> ClickHouse (chDB), {days} day(s)", run_child("clickhouse", days))
+    line(f"n2w -> ClickHouse again (replaces each ship-day), {days} day(s)", run_child("clickhouse", days))
+    line(f"n2w -> both, {days} day(s)", run_child("both", days))
+    line(f"n2w export --to both through Dagster, {days} day(s)", run_child("dagster", days),
+         "run start-up included")
+    q = query_bench(url, settings, catalog, days)
+    print(f"  hourly avg of {q['channels']} channels over {q['hours']} hours, one ship: PostgreSQL "
+          f"{q['postgres_s'] * 1000:.0f} ms, ClickHouse {q['clickhouse_s'] * 1000:.0f} ms "
+          f"({q['postgres_s'] / q['clickhouse_s']:.1f}x)")
+    polars_rate = rows_out[0]["rows_per_s"]
+    parquet = next(m for m in reversed(rows_out) if m["method"].startswith("n2w -> Parquet"))
+    chm = next(m for m in rows_out if m["method"].startswith("n2w -> ClickHouse (chDB)"))
+    day_rss = next(m for m in rows_out if m["method"] == "n2w -> Parquet, one ship-day")["peak_rss"]
+    summary = {
+        "parquet_x_polars": parquet["rows_per_s"] / polars_rate,
+        "parquet_peak_rss_mb": parquet["peak_rss"] / 2**20,
+        "parquet_rss_week_over_day": parquet["peak_rss"] / day_rss,
+        "clickhouse_over_parquet_rate": chm["rows_per_s"] / parquet["rows_per_s"],
+        "query_x": q["postgres_s"] / q["clickhouse_s"],
+    }
+    print()
+    print(f"{'method':<64} {'rows/s':>9} {'cells/s':>12} {'x polars':>8} {'peak RSS':>9}")
+    for m in rows_out:
+        rss = f"{m['peak_rss'] / 2**20:,.0f} MB" if m.get("peak_rss") else ""
+        print(f"{m['method']:<64} {m['rows_per_s']:>9,.0f} {m['cells_per_s']:>12,.0f} "
+              f"{m['rows_per_s'] / polars_rate:>8.2f} {rss:>9}")
+    print()
+    print(f"targets: Parquet {summary['parquet_x_polars']:.2f}x polars (>= 2); peak RSS "
+          f"{summary['parquet_peak_rss_mb']:.0f} MB (<= 1024), "
+          f"week/day {summary['parquet_rss_week_over_day']:.2f} "
+          f"(flat); ClickHouse {summary['clickhouse_over_parquet_rate']:.2f}x Parquet rows/s (>= 0.5); "
+          f"query {summary['query_x']:.1f}x faster on ClickHouse (>= 10)")
+    folder = ROOT / "benchmarks" / "results"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"export-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
+    path.write_text(json.dumps({"methods": rows_out, "query": q, "summary": summary,
+                                "machine": {"cpus": os.cpu_count()}}, indent=2, default=str))
+    print(f"written {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
