@@ -9,13 +9,14 @@ Uses the backfill benchmark's generated narrow data (schema ``n2w_bench``, ship 
 
 * **backfill** rows/s of ``materialize_window`` (the code path of every backfill and realtime
   run) into partitioned tables and into plain (unpartitioned) tables of the same shape, on
-  fresh tables each time, alternating (P, U, P, U; the best of each is compared);
+  fresh tables each time, alternating (P, U, P, U, …; the best of each is compared);
 * a **ship-month** of wide rows (March 2025: the backfilled days repeated over the month, so the
   values have the reference shape) in a partitioned and in a plain table set, and its hourly
   and daily **rollups** (refresh time per ship-day);
 * **queries a dashboard runs** — one channel over one day, hourly averages of 10 channels over
   the month — from the partitioned table, from the rollups and from the plain table (each run
-  3 times, median; the page cache is warm for all three);
+  5 interleaved rounds, medians of the client's time and of
+  the server's execution time; the page cache is warm for all);
 * **dropping the month**: detach + drop of its partitions vs ``DELETE`` of the same rows from
   the plain tables; **sizes on disk** of each.
 
@@ -98,42 +99,52 @@ def fill_month(conn: psycopg.Connection, settings: Settings, catalog: ChannelCat
     return rows
 
 
-def timed(conn: psycopg.Connection, query: sql.Composable, params: tuple,
-          repeat: int = 3) -> tuple[float, int]:
-    times, n = [], 0
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        n = len(conn.execute(query, params).fetchall())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), n
+def server_ms(conn: psycopg.Connection, query: sql.Composable, params: tuple) -> float:
+    """The server's execution time of ``query`` (EXPLAIN ANALYZE, no per-node timing), in ms."""
+    explain = sql.SQL("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) {}").format(query)
+    plan = conn.execute(explain, params).fetchone()
+    assert plan is not None
+    return float(plan[0][0]["Execution Time"])
 
 
-def queries(conn: psycopg.Connection, settings: Settings,
-            catalog: ChannelCatalog) -> dict[str, tuple[float, int]]:
+def queries(conn: psycopg.Connection, settings: Settings, catalog: ChannelCatalog,
+            rounds: int = 5) -> dict[str, dict[str, float]]:
+    """The dashboard queries, each variant once per round (interleaved, so a busy moment of the
+    machine hits them alike); median client seconds, median server ms, rows."""
     g = catalog.group(2)
-    ten_cols, ten_ids = list(g.columns[:10]), list(g.channels[:10])
+    step = len(g.columns) // 10  # 10 channels spread over the group, as a dashboard picks them
+    ten_cols, ten_ids = list(g.columns[::step][:10]), list(g.channels[::step][:10])
     day = MONTH + 14 * DAY
-    out: dict[str, tuple[float, int]] = {}
     ct = sql.Identifier(TIME_COLUMN)
+    todo: dict[str, tuple[sql.Composable, tuple]] = {}
     for label, schema in (("partitioned", PART), ("plain", PLAIN)):
         t = sql.Identifier(schema, settings.table_name(SHIP, 2))
-        out[f"one channel, one day: {label} wide table"] = timed(conn, sql.SQL(
+        todo[f"one channel, one day: {label} wide table"] = (sql.SQL(
             "SELECT {ct}, {c} FROM {t} WHERE {ct} >= %s AND {ct} < %s ORDER BY 1").format(
             ct=ct, c=sql.Identifier(ten_cols[0]), t=t), (day, day + DAY))
-        out[f"hourly avg of 10 channels, month: {label} wide table"] = timed(conn, sql.SQL(
+        todo[f"hourly avg of 10 channels, month: {label} wide table"] = (sql.SQL(
             "SELECT date_trunc('hour', {ct}), {aggs} FROM {t} WHERE {ct} >= %s AND {ct} < %s "
-            "GROUP BY 1 ORDER BY 1"
-        ).format(ct=ct, t=t, aggs=sql.SQL(", ").join(sql.SQL("avg({})").format(sql.Identifier(c))
-                                                       for c in ten_cols)), (MONTH, MONTH_END))
+            "GROUP BY 1 ORDER BY 1").format(ct=ct, t=t, aggs=sql.SQL(", ").join(
+                sql.SQL("avg({})").format(sql.Identifier(c)) for c in ten_cols)), (MONTH, MONTH_END))
     r = sql.Identifier(PART, ROLLUP_HOURLY)
-    out["one channel, one day: hourly rollup"] = timed(conn, sql.SQL(
+    todo["one channel, one day: hourly rollup"] = (sql.SQL(
         "SELECT bucket, n, avg, min, max FROM {} WHERE ship_id = %s AND channel_id = %s "
         "AND bucket >= %s AND bucket < %s ORDER BY bucket").format(r), (SHIP, ten_ids[0], day, day + DAY))
-    out["hourly avg of 10 channels, month: hourly rollup"] = timed(conn, sql.SQL(
+    todo["hourly avg of 10 channels, month: hourly rollup"] = (sql.SQL(
         "SELECT bucket, channel_id, avg FROM {} WHERE ship_id = %s AND channel_id = ANY(%s) "
         "AND bucket >= %s AND bucket < %s ORDER BY bucket, channel_id").format(r),
         (SHIP, ten_ids, MONTH, MONTH_END))
-    return out
+    client: dict[str, list[float]] = {k: [] for k in todo}
+    server: dict[str, list[float]] = {k: [] for k in todo}
+    rows: dict[str, int] = {}
+    for _ in range(rounds):
+        for k, (q, params) in todo.items():
+            t0 = time.perf_counter()
+            rows[k] = len(conn.execute(q, params).fetchall())
+            client[k].append(time.perf_counter() - t0)
+            server[k].append(server_ms(conn, q, params))
+    return {k: {"seconds": statistics.median(client[k]), "server_ms": statistics.median(server[k]),
+                "rows": rows[k]} for k in todo}
 
 
 def size(conn: psycopg.Connection, schema: str, names: list[str]) -> int:
@@ -171,6 +182,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="6 ship-hours backfilled each way (the month then repeats those 6 hours daily)")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="backfills of each kind, alternating (default 3; the best of each is compared)")
     p.add_argument("--days", type=int, default=2,
                    help="ship-days backfilled each way (default 2; 30 = a month)")
     args = p.parse_args()
@@ -191,7 +204,7 @@ def main() -> int:
         print(f"backfill: {narrow:,} narrow rows ({START:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M}), "
               f"partitioned (P) vs plain (U), alternating")
         runs: dict[str, list[float]] = {"partitioned": [], "plain": []}
-        for label, s, is_plain in [("partitioned", part, False), ("plain", plain, True)] * 2:
+        for label, s, is_plain in [("partitioned", part, False), ("plain", plain, True)] * args.repeat:
             secs = backfill(url, conn, s, catalog, is_plain, end)
             runs[label].append(secs)
             print(f"  {label:<12} {secs:7.1f} s {narrow / secs:>12,.0f} rows/s", flush=True)
@@ -218,12 +231,12 @@ def main() -> int:
         res["rollup_refresh_s_per_ship_day"] = refresh_s / month_days
 
         q = queries(conn, part, catalog)
-        res["queries"] = {k: {"seconds": v[0], "rows": v[1]} for k, v in q.items()}
-        print("\nquery (median of 3)                                        seconds      rows")
-        for k, (secs, rows) in q.items():
-            print(f"  {k:<56} {secs:8.4f} {rows:>9,}")
-        speedup = (q["hourly avg of 10 channels, month: plain wide table"][0]
-                   / q["hourly avg of 10 channels, month: hourly rollup"][0])
+        res["queries"] = q
+        print("\nquery (5 interleaved rounds, medians)                 client s   server ms      rows")
+        for k, v in q.items():
+            print(f"  {k:<52} {v['seconds']:8.4f} {v['server_ms']:11.2f} {v['rows']:>9,}")
+        speedup = (q["hourly avg of 10 channels, month: plain wide table"]["seconds"]
+                   / q["hourly avg of 10 channels, month: hourly rollup"]["seconds"])
         res["rollup_speedup_month_hourly_avg"] = speedup
 
         sizes = {"partitioned wide": size(conn, PART, wide_names(conn, part, catalog, PART)),
@@ -242,13 +255,16 @@ def main() -> int:
         if waited:
             print(f"\n(waited {waited:.0f} s for autovacuum to finish with the month's tables)")
         t0 = time.perf_counter()
-        with conn.transaction():
+        detach_s = 0.0
+        with conn.transaction():  # as retention does it: detach + drop, one transaction
             for g in catalog.groups:
                 name = part.table_name(SHIP, g.number)
                 for prt in list_partitions(conn, PART, name):
                     if prt.start == MONTH:
+                        t1 = time.perf_counter()
                         conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(
                             sql.Identifier(PART, name), sql.Identifier(PART, prt.name)))
+                        detach_s += time.perf_counter() - t1
                         conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(PART, prt.name)))
         drop_s = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -260,9 +276,10 @@ def main() -> int:
                     sql.Identifier(TIME_COLUMN)), (MONTH, MONTH_END)).rowcount
         delete_s = time.perf_counter() - t0
         after_delete = size(conn, PLAIN, wide_names(conn, plain, catalog, PLAIN))
-        res["drop_month"] = {"detach_drop_s": drop_s, "delete_s": delete_s, "deleted_rows": deleted,
-                             "plain_size_after_delete": after_delete}
-        print(f"\ndrop the month: detach + drop partitions {drop_s:.3f} s; "
+        res["drop_month"] = {"detach_drop_s": drop_s, "detach_s": detach_s, "delete_s": delete_s,
+                             "deleted_rows": deleted, "plain_size_after_delete": after_delete}
+        print(f"\ndrop the month: detach + drop partitions {drop_s:.3f} s "
+              f"(detach {detach_s:.3f} s); "
               f"DELETE {deleted:,} rows {delete_s:.1f} s "
               f"(plain tables still {after_delete / 2**20:,.0f} MiB on disk until VACUUM FULL)")
 
