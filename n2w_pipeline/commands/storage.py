@@ -74,7 +74,7 @@ def run_status(args: argparse.Namespace) -> int:
             if kind is None:
                 continue
             parts = list_partitions(conn, s, table) if kind == "p" else []
-            names = [p.name for p in parts] or [table]
+            names = [p.name for p in parts] if kind == "p" else [table]  # a parent holds no rows itself
             size = conn.execute(
                 "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0), "
                 "coalesce(sum(greatest(c.reltuples, 0)), 0) FROM pg_class c "
