@@ -256,14 +256,17 @@ def main() -> int:
     if days > 1:
         line(f"n2w -> Parquet, one ship-week ({days} days)", run_child("parquet", days))
     line(f"n2w -> ClickHouse (chDB), {days} day(s)", run_child("clickhouse", days))
+    q = query_bench(url, settings, catalog, days)  # on the tables as one load left them
     line(f"n2w -> ClickHouse again (replaces each ship-day), {days} day(s)", run_child("clickhouse", days))
     line(f"n2w -> both, {days} day(s)", run_child("both", days))
     line(f"n2w export --to both through Dagster, {days} day(s)", run_child("dagster", days),
          "run start-up included")
-    q = query_bench(url, settings, catalog, days)
+    q_after = query_bench(url, settings, catalog, days)  # after four loads of the same days
+    q["clickhouse_s_after_reloads"] = q_after["clickhouse_s"]
     print(f"  hourly avg of {q['channels']} channels over {q['hours']} hours, one ship: PostgreSQL "
           f"{q['postgres_s'] * 1000:.0f} ms, ClickHouse {q['clickhouse_s'] * 1000:.0f} ms "
-          f"({q['postgres_s'] / q['clickhouse_s']:.1f}x)")
+          f"({q['postgres_s'] / q['clickhouse_s']:.1f}x); ClickHouse after the same days were loaded "
+          f"4 times (lightweight-deleted rows not merged away yet): {q_after['clickhouse_s'] * 1000:.0f} ms")
     polars_rate = rows_out[0]["rows_per_s"]
     parquet = next(m for m in reversed(rows_out) if m["method"].startswith("n2w -> Parquet"))
     chm = next(m for m in rows_out if m["method"].startswith("n2w -> ClickHouse (chDB)"))
