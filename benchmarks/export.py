@@ -88,6 +88,7 @@ def child(kind: str, days: str) -> None:
     n = int(days)
     t0 = time.perf_counter()
     rows = cells = 0
+    phases: dict[str, float] = {}
     if kind == "dagster":
         from n2w_pipeline.commands.export import run_export
 
@@ -110,9 +111,11 @@ def child(kind: str, days: str) -> None:
                     raise SystemExit(f"reconciliation failed for groups {bad}")
                 rows += r.rows
                 cells += sum(g.rows * len(g.group.columns) for g in r.groups.values())
+                for k, v in r.phases.items():
+                    phases[k] = phases.get(k, 0.0) + v
     seconds = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"seconds": seconds, "rows": rows, "cells": cells, "peak_rss": rss}))
+    print(json.dumps({"seconds": seconds, "rows": rows, "cells": cells, "peak_rss": rss, "phases": phases}))
 
 
 class _null:
@@ -246,6 +249,9 @@ def main() -> int:
         rss = f"{r['peak_rss'] / 2**20:,.0f} MB" if r.get("peak_rss") else ""
         print(f"  {name:<52} {r['rows']:>9,} rows {r['seconds']:>7.1f} s {m['rows_per_s']:>9,.0f} rows/s "
               f"{m['cells_per_s']:>12,.0f} cells/s {rss:>8}", flush=True)
+        if r.get("phases"):
+            shown = ", ".join(f"{k} {v:.1f}" for k, v in r["phases"].items() if v >= 0.05)
+            print(f"      seconds by phase: {shown}")
 
     shutil.rmtree(scratch, ignore_errors=True)
     line("polars.read_database(...).write_parquet(...) per day", polars_baseline(

@@ -197,7 +197,7 @@ def _export_once(
             for n in sorted(to_parquet):
                 writers[n] = ParquetDayWriter(parquet_path(settings, groups[n], ship, day),
                                               arrow_schema(groups[n]), metadata)
-            reader.begin()
+            reader.begin(ship, list(groups.values()), start, end)
             for a, b in window_slices(start, end, settings.slice_hours):
                 for n, g in sorted(groups.items()):
                     table = reader.read(ship, g, a, b)

@@ -12,13 +12,18 @@ reader ~0.4-0.5 s.
 A day is read in one ``REPEATABLE READ, READ ONLY`` transaction: its slices, every group and the
 reference figures of the reconciliation (``day_stats``, computed by PostgreSQL itself) see the
 same snapshot, so the files, the ClickHouse rows and the figures they are checked against
-describe one state of the tables, even while realtime or correction runs write.
+describe one state of the tables, even while realtime or correction runs write. The reference
+figures are computed on a second connection that imports the same snapshot
+(``pg_export_snapshot``), in a thread, while the slices stream on the first: the server's
+aggregation overlaps the client's decoding and writing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -101,6 +106,9 @@ class WideDayReader:
         self._conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         self._conn.read_only = True
         self._present: dict[tuple[str, int], list[str] | None] = {}
+        self._stats_conn: psycopg.Connection | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._stats: dict[int, Future[ColumnStats]] = {}
 
     def columns(self, ship: str, group: ChannelGroup) -> list[str] | None:
         """Columns the wide table has now (None: no table); read once per reader."""
@@ -111,14 +119,39 @@ class WideDayReader:
                     conn, self.settings.target_schema, self.settings.table_name(ship, group.number))
         return self._present[key]
 
-    def begin(self) -> None:
-        """Start the day's snapshot (the transaction's first statement takes it)."""
-        self._conn.execute("SELECT 1")
+    def begin(self, ship: str, groups: Sequence[ChannelGroup], start: dt.datetime, end: dt.datetime) -> None:
+        """Take the day's snapshot and start PostgreSQL's reference figures of ``groups`` for
+        [start, end) on a second connection in that snapshot, in the background."""
+        for g in groups:
+            self.columns(ship, g)
+        row = self._conn.execute("SELECT pg_export_snapshot()").fetchone()
+        assert row is not None
+        if self._stats_conn is None:
+            self._stats_conn = psycopg.connect(self._url)
+            self._stats_conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            self._stats_conn.read_only = True
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="n2w-export-stats")
+        self._stats_conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(row[0])))
+        assert self._pool is not None
+        self._stats = {g.number: self._pool.submit(self._day_stats, self._stats_conn, ship, g, start, end)
+                       for g in groups}
 
     def end(self) -> None:
+        for f in self._stats.values():
+            f.result()
+        self._stats = {}
+        if self._stats_conn is not None:
+            self._stats_conn.commit()
         self._conn.commit()
 
     def rollback(self) -> None:
+        for f in self._stats.values():
+            f.cancel()
+            with contextlib.suppress(Exception):  # the day failed anyway; its error is raised elsewhere
+                f.result()
+        self._stats = {}
+        if self._stats_conn is not None:
+            self._stats_conn.rollback()
         self._conn.rollback()
 
     def read(self, ship: str, group: ChannelGroup, start: dt.datetime, end: dt.datetime) -> pa.Table:
@@ -141,7 +174,14 @@ class WideDayReader:
         return pa.Table.from_arrays(arrays, schema=schema)
 
     def day_stats(self, ship: str, group: ChannelGroup, start: dt.datetime, end: dt.datetime) -> ColumnStats:
-        """PostgreSQL's own figures for [start, end): the reconciliation's reference."""
+        """PostgreSQL's own figures for [start, end): the reconciliation's reference (started by
+        ``begin``, else computed now on the reading connection)."""
+        if group.number in self._stats:
+            return self._stats[group.number].result()
+        return self._day_stats(self._conn, ship, group, start, end)
+
+    def _day_stats(self, conn: psycopg.Connection, ship: str, group: ChannelGroup, start: dt.datetime,
+                   end: dt.datetime) -> ColumnStats:
         present = self.columns(ship, group)
         stats = ColumnStats(count={c: 0 for c in group.columns}, total={c: 0.0 for c in group.columns},
                             scale={c: 0.0 for c in group.columns})
@@ -149,7 +189,7 @@ class WideDayReader:
             return stats
         cols = [c for c in group.columns if c in set(present)]
         for i, query in enumerate(stats_queries(self.settings, ship, group, present)):
-            row = self._conn.execute(query, (start, end)).fetchone()
+            row = conn.execute(query, (start, end)).fetchone()
             assert row is not None
             stats.rows = int(row[0])
             for j, c in enumerate(cols[i * STATS_CHUNK:(i + 1) * STATS_CHUNK]):
@@ -158,6 +198,10 @@ class WideDayReader:
         return stats
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._stats_conn is not None:
+            self._stats_conn.close()
         self._conn.close()
 
     def __enter__(self) -> WideDayReader:
