@@ -19,6 +19,7 @@ import datetime as dt
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -198,15 +199,15 @@ def _export_once(
                 writers[n] = ParquetDayWriter(parquet_path(settings, groups[n], ship, day),
                                               arrow_schema(groups[n]), metadata)
             reader.begin(ship, list(groups.values()), start, end)
-            for a, b in window_slices(start, end, settings.slice_hours):
-                for n, g in sorted(groups.items()):
-                    table = reader.read(ship, g, a, b)
-                    out[n].rows += table.num_rows
-                    if n in writers:
-                        writers[n].write(table)
-                    if n in loads:
-                        loads[n].add(table)
-                    del table
+            steps = [(n, g, a, b) for a, b in window_slices(start, end, settings.slice_hours)
+                     for n, g in sorted(groups.items())]
+            for (n, _g, _a, _b), table in _prefetched(reader, ship, steps):
+                out[n].rows += table.num_rows
+                if n in writers:
+                    writers[n].write(table)
+                if n in loads:
+                    loads[n].add(table)
+                del table
             clock("read_write")
             for n, g in groups.items():
                 out[n].reference = reader.day_stats(ship, g, start, end)
@@ -243,6 +244,21 @@ def _export_once(
             out[n].clickhouse_mismatches = compare(ref, got, g.columns)
             clock("clickhouse_check")
     return out
+
+
+def _prefetched(reader: WideDayReader, ship: str, steps: list) -> Iterator:  # noqa: ANN001
+    """``(step, table)`` for each (group number, group, start, end) step, the next one read in a
+    thread while the caller writes this one: the server's COPY and the client's Parquet/Arrow
+    work overlap (one read in flight, so memory holds two slices)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="n2w-export-read") as pool:
+        ahead = pool.submit(reader.read, ship, steps[0][1], steps[0][2], steps[0][3]) if steps else None
+        for i, step in enumerate(steps):
+            assert ahead is not None
+            table = ahead.result()
+            if i + 1 < len(steps):
+                _, g, a, b = steps[i + 1]
+                ahead = pool.submit(reader.read, ship, g, a, b)
+            yield step, table
 
 
 class _Clock:
