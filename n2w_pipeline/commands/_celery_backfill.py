@@ -88,7 +88,8 @@ def celery_run(run: Run, backfill_id: str) -> dict:
 
 
 def run_error(instance, run_id: str) -> str:  # noqa: ANN001 - dagster.DagsterInstance
-    """The innermost error a failed run recorded (step failure first), on one line."""
+    """The innermost error a failed run recorded (step failure first), on one line, without
+    the stack traces (they are in the run's log)."""
     import dagster as dg
 
     for kind in (dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE):
@@ -99,7 +100,7 @@ def run_error(instance, run_id: str) -> str:  # noqa: ANN001 - dagster.DagsterIn
             while error is not None:  # the cause chain: the last one is where it started
                 text = error.message
                 error = error.cause or error.context
-            return " ".join(text.split())[:500]
+            return " ".join(text.split("Stack Trace:")[0].split())[:500]
     return "no failure recorded (see the run's log in the Dagster UI)"
 
 
