@@ -21,6 +21,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -211,6 +212,7 @@ def main() -> int:
                   flush=True)
     finally:
         redis.stop()
+    shutil.rmtree(folder, ignore_errors=True)  # worker and Redis logs; kept when a case fails
     if args.repeat > 1:
         print("summary (wall s: min / median / max):")
         for name, _ in cases:
