@@ -180,6 +180,8 @@ class Settings:
     """N2W_CELERY_BACKEND: Celery result backend URL; unset: the broker URL."""
     celery_visibility_timeout: int = 3600
     """N2W_CELERY_VISIBILITY_TIMEOUT: seconds before a step taken by a worker that died is redelivered."""
+    celery_queue: str = "dagster"
+    """N2W_CELERY_QUEUE: Celery queue of the wide-table steps (`n2w worker --queue` defaults to it)."""
 
     @property
     def source_qualified(self) -> tuple[str, str]:
@@ -207,7 +209,7 @@ class Settings:
         if kw.get("executor") == "celery" and "celery_broker" not in kw:
             raise ValueError("N2W_EXECUTOR=celery needs N2W_CELERY_BROKER, e.g. redis://host:6379/0")
         for name in ("source_schema", "source_table", "target_schema", "table_pattern",
-                     "partition_start"):
+                     "partition_start", "celery_queue"):
             if (v := get(name.upper())) is not None:
                 kw[name] = v
         if (v := get("SHIPS")) is not None:

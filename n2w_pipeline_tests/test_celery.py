@@ -409,6 +409,13 @@ def test_under_celery_only_runs_of_the_wide_table_step_leave_the_machine(setting
         job = everything.get_subset(asset_selection=set(a.keys), asset_check_selection=set(a.check_keys))
         assert not runs_wide_step(job), a.keys
     assert not runs_wide_step(defs.resolve_job_def("n2w_check_window"))
+    # N2W_CELERY_QUEUE routes the step (dagster-celery's queue tag); `n2w worker` listens there
+    queued = Settings.from_env({"N2W_EXECUTOR": "celery", "N2W_CELERY_BROKER": "redis://x/0",
+                                "N2W_CELERY_QUEUE": "n2w_wide",
+                                "N2W_CHANNEL_LISTS": str(s.channel_lists_dir)})
+    step = build_wide_assets(queued, load_catalog(s.channel_lists_dir)).op
+    assert step.tags["dagster-celery/queue"] == "n2w_wide"
+    assert "dagster-celery/queue" not in wide.op.tags  # the default queue, `dagster`
 
 
 def test_broker_down_at_start_is_one_clear_line(cluster, monkeypatch, capsys):

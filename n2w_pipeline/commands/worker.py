@@ -26,8 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"steps this worker runs at once (default: half the cores, here "
                    f"{max(1, cores // 2)}); a step keeps about 1.5 cores busy")
     p.add_argument("--queue", default=None, metavar="Q",
-                   help="Celery queue to take steps from (default: dagster-celery's `dagster`, "
-                   "where steps go unless their `dagster-celery/queue` tag says otherwise)")
+                   help="Celery queue to take steps from (default: N2W_CELERY_QUEUE, else "
+                   "dagster-celery's `dagster`); the launcher sends the wide-table steps to "
+                   "N2W_CELERY_QUEUE, so give n2w's workers a queue of their own on a shared broker")
     p.add_argument("--name", default=None,
                    help="worker name, unique per host (default n2w-<pid>); shown in each run's "
                    "log as the worker that ran the step")
@@ -37,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from n2w_pipeline.database import redact, source_url
-    from n2w_pipeline.defs.executor import QUEUE, broker_problem
+    from n2w_pipeline.defs.executor import broker_problem
     from n2w_pipeline.instance import apply_dagster_env
 
     if args.concurrency < 1:
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
               "`n2w backfill`) needs it to send steps to workers", file=sys.stderr)
     env = apply_dagster_env(settings)  # the same instance and databases as the launcher
     name = args.name or f"n2w-{os.getpid()}"
-    queue = args.queue or QUEUE
+    queue = args.queue or settings.celery_queue
     print(f"n2w worker {name}: queue {queue}, concurrency {args.concurrency}")
     print(f"  broker:   {redact(settings.celery_broker)}")
     print(f"  data:     {redact(env['N2W_DATABASE_URL'])}")

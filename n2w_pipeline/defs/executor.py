@@ -38,8 +38,6 @@ from n2w_pipeline.config import Settings
 
 BROKER_ENV = "N2W_CELERY_BROKER"
 BACKEND_ENV = "N2W_CELERY_BACKEND"
-QUEUE = "dagster"
-"""The queue dagster-celery routes steps to (its ``dagster-celery/queue`` tag default)."""
 
 IN_PROCESS_CONFIG: dict[str, Any] = {"execution": {"config": {"in_process": {}}}}
 

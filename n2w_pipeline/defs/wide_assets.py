@@ -167,6 +167,13 @@ class ProgressReporter:
         self.rows_before += stats.narrow_rows
 
 
+def celery_queue_tag(settings: Settings) -> dict[str, str] | None:
+    """dagster-celery's queue tag for the step, when N2W_CELERY_QUEUE is not its default."""
+    if settings.celery_queue == "dagster":
+        return None
+    return {"dagster-celery/queue": settings.celery_queue}
+
+
 def build_wide_assets(settings: Settings, catalog: ChannelCatalog) -> dg.AssetsDefinition:
     groups_by_key = {wide_asset_key(g): g for g in catalog.groups}
     partitions = wide_partitions(settings)
@@ -179,6 +186,7 @@ def build_wide_assets(settings: Settings, catalog: ChannelCatalog) -> dg.AssetsD
         backfill_policy=dg.BackfillPolicy.multi_run(settings.run_hours),
         can_subset=True,
         pool=DB_POOL,
+        op_tags=celery_queue_tag(settings),
     )
     def narrow_to_wide(
         context: dg.AssetExecutionContext, n2w_db: N2WDatabase
