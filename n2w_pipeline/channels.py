@@ -152,7 +152,7 @@ def load_catalog(folder: Path) -> ChannelCatalog:
     """Load every ``<n>_<name>.txt`` in ``folder``; any problem is a ChannelListError."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise ChannelListError(f"{folder}: channel list folder not found")
+        raise ChannelListError(f"{folder}: channel list folder not found (N2W_CHANNEL_LISTS)")
     groups: list[ChannelGroup] = []
     owner: dict[str, tuple[Path, int]] = {}
     numbers: dict[int, Path] = {}

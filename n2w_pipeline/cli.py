@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="show debug logs")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, show the full traceback instead of one line")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(f"n2w_pipeline.commands.{name}").register(sub)
@@ -50,16 +52,37 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from n2w_pipeline.storage.pooling import PoolingModeError
+    from n2w_pipeline.dsn import MaskSecretsFilter
 
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(MaskSecretsFilter())  # no password in a log line, whatever logs it
     try:
         return int(args.func(args) or 0)
-    except PoolingModeError as e:
-        print(f"n2w: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except SystemExit as exc:  # a command's own one-line refusal (its message names the command)
+        if isinstance(exc.code, str) and not args.debug:
+            from n2w_pipeline.errors import one_line
+
+            raise SystemExit(one_line(exc.code)) from None
+        raise
+    except Exception as exc:
+        return report_error(args, exc)
+
+
+def report_error(args: argparse.Namespace, exc: BaseException) -> int:
+    """Every command's errors end here: one line on stderr and a non-zero exit code
+    (2: a setting to change, 1: anything else); ``--debug`` shows the traceback instead."""
+    from n2w_pipeline.errors import describe, exit_code
+
+    if args.debug:
+        import traceback
+
+        traceback.print_exception(exc)
+    else:
+        print(f"n2w {args.command}: {describe(exc)} (--debug shows the traceback)", file=sys.stderr)
+    return exit_code(exc)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ the environment; everything else receives a ``Settings`` value.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 from collections.abc import Mapping
@@ -36,6 +37,38 @@ REFERENCE_HULLS: dict[str, str] = {
 EXECUTORS = ("multiprocess", "celery")
 
 
+class SettingError(ValueError):
+    """An ``N2W_*`` variable with a value n2w cannot use; the message names the variable."""
+
+
+def _int(name: str, value: str) -> int:
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise SettingError(f"{name}: expected a whole number, got {value!r}") from None
+
+
+def _float(name: str, value: str) -> float:
+    try:
+        return float(value.strip())
+    except ValueError:
+        raise SettingError(f"{name}: expected a number, got {value!r}") from None
+
+
+def _postgres_url(name: str, value: str) -> str:
+    """``value`` if psycopg can parse it as a connection string (URL or key=value)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from n2w_pipeline.dsn import mask_secrets, redact
+
+    try:
+        conninfo_to_dict(value)
+    except Exception as e:  # noqa: BLE001 - psycopg's message may quote the value: masked
+        raise SettingError(f"{name}: not a PostgreSQL URL or key=value connection string "
+                           f"({mask_secrets(str(e), [value])}): {redact(value)}") from None
+    return value
+
+
 def _split(value: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
 
@@ -45,7 +78,7 @@ def _pairs(value: str) -> dict[str, str]:
     for item in _split(value):
         key, sep, val = item.partition("=")
         if not sep or not key.strip() or not val.strip():
-            raise ValueError(f"N2W_HULLS: expected HULL=IMO pairs, got {item!r}")
+            raise SettingError(f"N2W_HULLS: expected HULL=IMO pairs, got {item!r}")
         out[key.strip()] = val.strip()
     return out
 
@@ -56,7 +89,7 @@ def _flag(name: str, value: str) -> bool:
         return True
     if low in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"{name}: expected 1/0, true/false, yes/no or on/off, got {value!r}")
+    raise SettingError(f"{name}: expected 1/0, true/false, yes/no or on/off, got {value!r}")
 
 
 def _group_pcts(name: str, value: str) -> tuple[tuple[int, float], ...]:
@@ -67,9 +100,9 @@ def _group_pcts(name: str, value: str) -> tuple[tuple[int, float], ...]:
         try:
             key, val = (int(group) if sep else 0), float(pct)
         except ValueError:
-            raise ValueError(f"{name}: expected PCT or GROUP=PCT items, got {item!r}") from None
+            raise SettingError(f"{name}: expected PCT or GROUP=PCT items, got {item!r}") from None
         if not 0 <= val <= 100:
-            raise ValueError(f"{name}: {item!r} is not a percentage")
+            raise SettingError(f"{name}: {item!r} is not a percentage")
         out[key] = val
     return tuple(sorted(out.items()))
 
@@ -85,7 +118,7 @@ def parse_retention(value: str) -> tuple[int, str] | None:
         return None
     m = re.fullmatch(r"(\d+)\s*(day|week|month|year)s?", text)
     if not m or int(m.group(1)) < 1:
-        raise ValueError(f"N2W_RETENTION: expected e.g. '18 months', '2 years', '90 days' or 'off', "
+        raise SettingError(f"N2W_RETENTION: expected e.g. '18 months', '2 years', '90 days' or 'off', "
                          f"got {value!r}")
     return int(m.group(1)), m.group(2)
 
@@ -114,6 +147,8 @@ class Settings:
     """N2W_DATABASE_URL: PostgreSQL URL; unset starts an embedded server under state_dir."""
     source_url: str | None = None
     """N2W_SOURCE_URL: where the narrow table is read (e.g. a replica); unset: N2W_DATABASE_URL."""
+    source_primary_url: str | None = None
+    """N2W_SOURCE_PRIMARY_URL: the narrow table's primary (writers' server); unset: N2W_SOURCE_URL."""
     source_schema: str = "tenant"
     """N2W_SOURCE_SCHEMA: schema of the narrow table."""
     source_table: str = "tbl_data_timeseries"
@@ -152,6 +187,12 @@ class Settings:
     """N2W_REALTIME_INTERVAL_SECONDS: minimum seconds between two realtime sensor ticks."""
     realtime_batch_rows: int = 500_000
     """N2W_REALTIME_BATCH_ROWS: narrow rows one tick reads at most (a backlog takes several ticks)."""
+    realtime_retry_seconds: float = 10.0
+    """N2W_REALTIME_RETRY_SECONDS: first wait before a failed realtime hour is asked for again (doubles)."""
+    db_retries: int = 6
+    """N2W_DB_RETRIES: attempts of a slice that meets a transient database error (lost connection, …)."""
+    db_retry_seconds: float = 1.0
+    """N2W_DB_RETRY_SECONDS: first wait between two attempts of a slice; doubles, plus jitter, ≤ 30 s."""
     checks_in_runs: bool = True
     """N2W_CHECKS_IN_RUNS: 1/0 — run the asset checks inside every materialisation."""
     check_min_fill_pct: tuple[tuple[int, float], ...] = ((0, 90.0),)
@@ -199,19 +240,28 @@ class Settings:
             value = env.get(f"N2W_{name}")
             return value if value not in (None, "") else None
 
-        for name in ("database_url", "source_url", "celery_broker", "celery_backend"):
+        for name in ("database_url", "source_url", "source_primary_url"):
+            if (v := get(name.upper())) is not None:
+                kw[name] = _postgres_url(f"N2W_{name.upper()}", v)
+        for name in ("celery_broker", "celery_backend"):
             if (v := get(name.upper())) is not None:
                 kw[name] = v
         if (v := get("EXECUTOR")) is not None:
             if v not in EXECUTORS:
-                raise ValueError(f"N2W_EXECUTOR must be one of {', '.join(EXECUTORS)}, got {v!r}")
+                raise SettingError(f"N2W_EXECUTOR must be one of {', '.join(EXECUTORS)}, got {v!r}")
             kw["executor"] = v
         if kw.get("executor") == "celery" and "celery_broker" not in kw:
-            raise ValueError("N2W_EXECUTOR=celery needs N2W_CELERY_BROKER, e.g. redis://host:6379/0")
+            raise SettingError("N2W_EXECUTOR=celery needs N2W_CELERY_BROKER, e.g. redis://host:6379/0")
         for name in ("source_schema", "source_table", "target_schema", "table_pattern",
                      "partition_start", "celery_queue"):
             if (v := get(name.upper())) is not None:
                 kw[name] = v
+        if "partition_start" in kw:
+            try:
+                dt.datetime.strptime(str(kw["partition_start"]), "%Y-%m-%d-%H:%M")
+            except ValueError:
+                raise SettingError(f"N2W_PARTITION_START: expected YYYY-MM-DD-HH:MM, e.g. 2025-01-01-00:00, "
+                                   f"got {kw['partition_start']!r}") from None
         if (v := get("SHIPS")) is not None:
             kw["ships"] = _split(v)
         if (v := get("HULLS")) is not None:
@@ -228,23 +278,28 @@ class Settings:
         if (v := get("CLICKHOUSE_URL")) is not None:
             kw["clickhouse_url"] = v
         if (v := get("EXPORT_RETRY_SECONDS")) is not None:
-            kw["export_retry_seconds"] = float(v)
+            kw["export_retry_seconds"] = _float("N2W_EXPORT_RETRY_SECONDS", v)
             if kw["export_retry_seconds"] < 0:
-                raise ValueError(f"N2W_EXPORT_RETRY_SECONDS must be >= 0, got {v}")
+                raise SettingError(f"N2W_EXPORT_RETRY_SECONDS must be >= 0, got {v}")
+        for name in ("db_retry_seconds", "realtime_retry_seconds"):
+            if (v := get(name.upper())) is not None:
+                kw[name] = _float(f"N2W_{name.upper()}", v)
+                if not 0 <= kw[name] <= 3600:  # type: ignore[operator]
+                    raise SettingError(f"N2W_{name.upper()} must be between 0 and 3600, got {v}")
         if (v := get("CSV_TIME_OFFSET_HOURS")) is not None:
-            kw["csv_time_offset_hours"] = float(v)
+            kw["csv_time_offset_hours"] = _float("N2W_CSV_TIME_OFFSET_HOURS", v)
         if (v := get("REALTIME")) is not None:
             kw["realtime"] = _flag("N2W_REALTIME", v)
         if (v := get("REALTIME_CURSOR_COLUMN")) is not None:
             if v not in ("id", "server_created_time"):
-                raise ValueError(f"N2W_REALTIME_CURSOR_COLUMN must be id or server_created_time, got {v!r}")
+                raise SettingError(f"N2W_REALTIME_CURSOR_COLUMN must be id or server_created_time, got {v!r}")
             kw["realtime_cursor"] = v
         for name in ("slice_hours", "run_hours", "realtime_interval_seconds", "realtime_batch_rows",
-                     "correction_workers", "export_retries", "celery_visibility_timeout"):
+                     "correction_workers", "export_retries", "celery_visibility_timeout", "db_retries"):
             if (v := get(name.upper())) is not None:
-                kw[name] = int(v)
+                kw[name] = _int(f"N2W_{name.upper()}", v)
                 if kw[name] < 1:
-                    raise ValueError(f"N2W_{name.upper()} must be >= 1, got {v}")
+                    raise SettingError(f"N2W_{name.upper()} must be >= 1, got {v}")
         if (v := get("CHECKS_IN_RUNS")) is not None:
             kw["checks_in_runs"] = v.strip().lower() not in ("0", "false", "no", "off")
         for name in ("check_min_fill_pct", "check_min_coverage_pct"):
@@ -252,7 +307,7 @@ class Settings:
                 kw[name] = _group_pcts(f"N2W_{name.upper()}", v)
         if (v := get("PARTITION_INTERVAL")) is not None:
             if v.strip().lower() not in PARTITION_INTERVALS:
-                raise ValueError(f"N2W_PARTITION_INTERVAL must be one of {', '.join(PARTITION_INTERVALS)}, "
+                raise SettingError(f"N2W_PARTITION_INTERVAL must be one of {', '.join(PARTITION_INTERVALS)}, "
                                  f"got {v!r}")
             kw["partition_interval"] = v.strip().lower()
         if (v := get("RETENTION")) is not None:

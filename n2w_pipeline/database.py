@@ -14,12 +14,15 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
 
 from n2w_pipeline.config import Settings
+from n2w_pipeline.dsn import redact, sqlalchemy_url
+
+__all__ = ["DAGSTER_DB", "DATA_DB", "database_url", "dagster_storage_url", "embedded_url", "is_embedded",
+           "redact", "source_url"]
 
 DATA_DB = "n2w"
 DAGSTER_DB = "dagster"
@@ -101,14 +104,23 @@ def dagster_storage_url(settings: Settings) -> str:
         return os.environ["N2W_DAGSTER_PG_URL"]
     url = (settings.database_url if settings.database_url
            else embedded_url(settings.state_dir, DAGSTER_DB))
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(scheme="postgresql+psycopg2"))
+    return sqlalchemy_url(url)  # a key=value N2W_DATABASE_URL too
 
 
-def redact(url: str) -> str:
-    """The URL without its password, for logs and metadata."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        parts = parts._replace(netloc=netloc)
-    return urlunsplit(parts)
+def is_embedded(settings: Settings) -> bool:
+    """Whether the narrow table lives on n2w's embedded server (no URL configured for it)."""
+    return not settings.database_url and not settings.source_url
+
+
+def require_reachable(url: str, what: str, timeout: int = 10) -> None:
+    """One connection to ``url`` (any scheme n2w uses, e.g. the Dagster instance's
+    ``postgresql+psycopg2://``), or ``CommandError`` in one line naming ``what``: checked
+    before Dagster starts, whose storage retries for seconds and logs every attempt."""
+    from n2w_pipeline.errors import CommandError, one_line
+
+    dsn = url.replace("postgresql+psycopg2://", "postgresql://", 1)
+    try:
+        psycopg.connect(dsn, connect_timeout=timeout).close()
+    except psycopg.Error as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CommandError(one_line(f"cannot reach {what} at {redact(url)}: {first}")) from None

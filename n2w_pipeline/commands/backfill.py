@@ -6,7 +6,13 @@ import argparse
 import sys
 import time
 
-from n2w_pipeline.commands._common import BackfillFailed, add_window_args, resolve_window, run_backfill
+from n2w_pipeline.commands._common import (
+    BackfillFailed,
+    add_window_args,
+    require_narrow_table,
+    resolve_window,
+    run_backfill,
+)
 from n2w_pipeline.config import Settings
 
 
@@ -38,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     ships, start, end = resolve_window(args, settings, "backfill")
     if args.parallel is not None and args.parallel < 1:
         raise SystemExit("n2w backfill: --parallel must be >= 1")
+    require_narrow_table(settings, "backfill")
     t0 = time.perf_counter()
     try:
         summaries = run_backfill(settings, ships, start, end, quiet=args.quiet,

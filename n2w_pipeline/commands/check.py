@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from n2w_pipeline.commands._common import add_window_args, resolve_window
+from n2w_pipeline.commands._common import add_window_args, require_narrow_table, resolve_window
 from n2w_pipeline.config import Settings
 
 
@@ -35,7 +35,13 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     ships, start, end = resolve_window(args, settings, "check")
     catalog = load_catalog(settings.channel_lists_dir)
-    groups = [catalog.group(n) for n in args.groups] if args.groups else list(catalog.groups)
+    known = {g.number: g for g in catalog.groups}
+    unknown = sorted(set(args.groups or ()) - set(known))
+    if unknown:
+        raise SystemExit(f"n2w check: unknown channel group(s) {unknown}; the groups are "
+                         f"{sorted(known)} (channel lists in {settings.channel_lists_dir})")
+    groups = [known[n] for n in args.groups] if args.groups else list(catalog.groups)
+    require_narrow_table(settings, "check")
     url, source = database_url(settings), source_url(settings)
     rows = []
     for ship in ships:

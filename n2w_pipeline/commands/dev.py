@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from n2w_pipeline.config import Settings
-from n2w_pipeline.database import redact
+from n2w_pipeline.database import redact, require_reachable
 from n2w_pipeline.instance import BOOKKEEPING_ENV, dagster_env, project_file, sync_pool_limit
 
 
@@ -37,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     env = {**os.environ, **dagster_env(settings)}
+    require_reachable(env["N2W_DAGSTER_PG_URL"], "the Dagster instance's database (N2W_DAGSTER_PG_URL)")
     _sync_pool(env)
     if args.realtime is not None:
         env["N2W_REALTIME"] = "1" if args.realtime else "0"
@@ -45,11 +46,7 @@ def run(args: argparse.Namespace) -> int:
         _check_arrival_index(settings, settings.source_url or env["N2W_DATABASE_URL"])
     cmd = [sys.executable, "-m", "dagster", "dev", "-w", str(project_file("workspace.yaml")),
            "-h", args.host, "-p", str(args.port)]
-    print(f"n2w dev: Dagster UI on http://{args.host}:{args.port}")
-    print(f"  data:     {redact(env['N2W_DATABASE_URL'])}")
-    if settings.source_url:
-        print(f"  source:   {redact(settings.source_url)}  (the narrow table)")
-    print(f"  instance: {redact(env['N2W_DAGSTER_PG_URL'])}  (DAGSTER_HOME={env['DAGSTER_HOME']})")
+    print("\n".join(banner(settings, env, args.host, args.port)))
     sys.stdout.flush()
     for sig in (signal.SIGTERM, signal.SIGHUP):  # Dagster runs in its own session: take it down too
         signal.signal(sig, _exit_on_signal)
@@ -62,6 +59,18 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if proc.poll() is None:
             _stop(proc)
+
+
+def banner(settings: Settings, env: dict[str, str], host: str, port: int) -> list[str]:
+    """What `n2w dev` prints at start: where the UI is and the databases, passwords masked."""
+    lines = [f"n2w dev: Dagster UI on http://{host}:{port}",
+             f"  data:     {redact(env['N2W_DATABASE_URL'])}"]
+    if settings.source_url:
+        lines.append(f"  source:   {redact(settings.source_url)}  (the narrow table)")
+    if settings.source_primary_url:
+        lines.append(f"  writers:  {redact(settings.source_primary_url)}  (the narrow table's primary)")
+    lines.append(f"  instance: {redact(env['N2W_DAGSTER_PG_URL'])}  (DAGSTER_HOME={env['DAGSTER_HOME']})")
+    return lines
 
 
 def _set_realtime(env: dict[str, str], on: bool) -> None:
