@@ -93,18 +93,28 @@ def generate(
     seed: int = 1,
     missing_pct: int = 5,
     channels: Sequence[str] | None = None,
+    own_table: bool = False,
 ) -> int:
     """Insert synthetic narrow rows for ``ships`` over [start, end); returns rows inserted.
 
     Re-running with the same arguments inserts nothing new (primary key conflicts are
     skipped), so ``generate`` is safe to repeat.
+
+    The table's structure is changed only when it is n2w's own: created by this call, or
+    ``own_table`` (the embedded database's). Then an empty table is loaded without its
+    primary key and created_time index, which are built after (several times faster), and
+    missing ones are added. A table that already existed elsewhere keeps its constraints
+    and indexes as they are (rows go in through them).
     """
     c = settings.columns
     ident = sql.Identifier
-    create_source_table(conn, settings)
     src = sql.Identifier(*settings.source_qualified)
-    fresh = conn.execute(sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {})").format(src)).fetchone()
-    if fresh and fresh[0]:  # empty: load without indexes, build them after
+    existed = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (src.as_string(conn),)).fetchone()
+    own_table = own_table or not (existed and existed[0])
+    create_source_table(conn, settings)
+    empty = conn.execute(sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {})").format(src)).fetchone()
+    fresh = (empty[0] if empty else False) and own_table
+    if fresh:  # n2w's own empty table: load without indexes, build them after
         conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
             src, sql.Identifier(f"{settings.source_table}_pk")))
         conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(
@@ -139,7 +149,7 @@ WHERE (h >> 12) %% 100 >= %(missing)s
             src=ident(*settings.source_qualified), ship=ident(c.ship_id), ch=ident(c.channel),
             ct=ident(c.created_time), sct=ident(c.server_created_time), bv=ident(c.bool_v),
             sv=ident(c.str_v), lv=ident(c.long_v), dv=ident(c.double_v), vf=ident(c.value_format),
-            conflict=sql.SQL("" if fresh and fresh[0] else "ON CONFLICT DO NOTHING"),
+            conflict=sql.SQL("" if fresh else "ON CONFLICT DO NOTHING"),
         )
         last = end - CADENCE
         day = dt.timedelta(days=1)
@@ -154,6 +164,7 @@ WHERE (h >> 12) %% 100 >= %(missing)s
                 )
                 total += cur.rowcount
                 cursor = chunk_end
-    create_source_indexes(conn, settings)
+    if own_table:
+        create_source_indexes(conn, settings)
     conn.execute(sql.SQL("ANALYZE {}").format(ident(*settings.source_qualified)))
     return total

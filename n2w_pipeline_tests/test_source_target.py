@@ -106,7 +106,8 @@ def test_backfill_and_checks_read_the_source_and_write_the_target(apart, catalog
             "expected": None, "actual": None} in recon.metadata["first_differences"]
 
     with pytest.raises(SystemExit, match="read-only"):
-        writable_source(s, "generate")  # generate/demo write the narrow table: not on a replica
+        # generate/demo write the narrow table: not on a replica, even when external is allowed
+        writable_source(s, "generate", allow_external=True)
 
 
 def test_the_realtime_sensor_reads_the_source(apart, catalog):

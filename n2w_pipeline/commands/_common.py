@@ -52,14 +52,51 @@ def resolve_window(
     return ships, start, end
 
 
-def writable_source(settings: Settings, command: str) -> str:
-    """The narrow table's URL for the commands that write narrow rows (generate, demo):
-    ``N2W_SOURCE_URL`` when set, else the data database. A read-only server there (a
-    replica) is refused with one line instead of failing on the first insert."""
+def require_narrow_table(settings: Settings, command: str) -> None:
+    """Stop with one line before any Dagster run when the narrow table is not there."""
     import psycopg
+    from psycopg import sql
 
     from n2w_pipeline.database import redact, source_url
 
+    url = source_url(settings)
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+                           (sql.Identifier(*settings.source_qualified).as_string(conn),)).fetchone()
+    if not row or not row[0]:
+        where = "N2W_SOURCE_URL" if settings.source_url else "N2W_DATABASE_URL"
+        raise SystemExit(
+            f"n2w {command}: the narrow table {settings.source_schema}.{settings.source_table} does not "
+            f"exist on {redact(url)} (set N2W_SOURCE_SCHEMA / N2W_SOURCE_TABLE, or {where}); on the "
+            "embedded database `n2w generate` makes a synthetic one")
+
+
+ALLOW_EXTERNAL = "--allow-external"
+
+
+def add_allow_external(p: argparse.ArgumentParser) -> None:
+    p.add_argument(ALLOW_EXTERNAL, action="store_true",
+                   help="also write synthetic rows when the narrow table is on your own server "
+                   "(N2W_DATABASE_URL / N2W_SOURCE_URL set). Without it the command writes only into "
+                   "n2w's embedded PostgreSQL and refuses, writing nothing, anywhere else")
+
+
+def writable_source(settings: Settings, command: str, allow_external: bool = False) -> str:
+    """The narrow table's URL for the commands that write synthetic narrow rows (generate,
+    demo): the embedded database, or — only with ``--allow-external`` — ``N2W_SOURCE_URL`` /
+    ``N2W_DATABASE_URL``. Refuses (``SystemExit``, nothing written) an external database
+    without the flag, and a read-only server (a replica) in any case."""
+    import psycopg
+
+    from n2w_pipeline.database import is_embedded, redact, source_url
+
+    if not is_embedded(settings) and not allow_external:
+        name = "N2W_SOURCE_URL" if settings.source_url else "N2W_DATABASE_URL"
+        url = settings.source_url or settings.database_url or ""
+        raise SystemExit(
+            f"n2w {command}: not writing synthetic rows into {redact(url)} ({name}): that is your "
+            f"database, not n2w's embedded one. Unset {name} to use the embedded PostgreSQL, or pass "
+            f"{ALLOW_EXTERNAL} if synthetic rows under the configured ship ids belong there")
     url = source_url(settings)
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute(
@@ -298,6 +335,7 @@ def run_backfill(
     import dagster as dg
 
     from n2w_pipeline.channels import load_catalog
+    from n2w_pipeline.database import require_reachable
     from n2w_pipeline.defs.wide_assets import wide_asset_key
     from n2w_pipeline.instance import apply_dagster_env, sync_pool_limit
 
@@ -307,6 +345,7 @@ def run_backfill(
 
         check_ready(settings)
     env = apply_dagster_env(settings)
+    require_reachable(env["N2W_DAGSTER_PG_URL"], "the Dagster instance's database (N2W_DAGSTER_PG_URL)")
     url = env["N2W_DATABASE_URL"]
     catalog = load_catalog(settings.channel_lists_dir)
     with dg.DagsterInstance.get() as instance:

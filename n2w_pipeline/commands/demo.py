@@ -10,9 +10,9 @@ import psycopg
 from psycopg import sql
 
 from n2w_pipeline.channels import load_catalog
-from n2w_pipeline.commands._common import parse_time, run_backfill, writable_source
+from n2w_pipeline.commands._common import add_allow_external, parse_time, run_backfill, writable_source
 from n2w_pipeline.config import Settings
-from n2w_pipeline.database import database_url, redact
+from n2w_pipeline.database import database_url, is_embedded, redact
 from n2w_pipeline.generate import generate
 
 
@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="generate a small fleet window, backfill it through Dagster, print a summary",
-        description="Start the embedded PostgreSQL (or use N2W_DATABASE_URL), generate "
+        description="Start the embedded PostgreSQL (an external N2W_DATABASE_URL / N2W_SOURCE_URL only "
+        "with --allow-external), generate "
         "--ships x --hours of narrow rows, backfill them through Dagster and print the wide "
         "tables with their rows, fill rate and throughput. Safe to repeat.",
     )
@@ -28,15 +29,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hours", type=int, default=6, help="hours to generate (default 6)")
     p.add_argument("--start", type=parse_time, default=dt.datetime(2025, 3, 1),
                    help="first hour (default 2025-03-01)")
+    add_allow_external(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     catalog = load_catalog(settings.channel_lists_dir)
+    source = writable_source(settings, "demo", args.allow_external)  # refuses before writing anything
     url = database_url(settings)
     print(f"database: {redact(url)}")
-    source = writable_source(settings, "demo")
     if source != url:
         print(f"narrow table on: {redact(source)} (N2W_SOURCE_URL)")
     ships = list(settings.ships[: args.ships])
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     end = start + dt.timedelta(hours=args.hours)
     t0 = time.perf_counter()
     with psycopg.connect(source, autocommit=True) as conn:
-        n = generate(conn, settings, catalog, ships, start, end)
+        n = generate(conn, settings, catalog, ships, start, end, own_table=is_embedded(settings))
     print(f"generated {n:,} new narrow rows ({len(ships)} ships x {args.hours} h) "
           f"in {time.perf_counter() - t0:.1f} s")
     t0 = time.perf_counter()

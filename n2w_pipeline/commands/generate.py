@@ -9,8 +9,9 @@ import time
 import psycopg
 
 from n2w_pipeline.channels import load_catalog
-from n2w_pipeline.commands._common import parse_time, writable_source
+from n2w_pipeline.commands._common import add_allow_external, parse_time, writable_source
 from n2w_pipeline.config import Settings
+from n2w_pipeline.database import is_embedded
 from n2w_pipeline.generate import generate
 from n2w_pipeline.hours import floor_hour
 
@@ -23,7 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "N ships x a window at 15 s "
         "cadence: every listed channel, ~5%% missing samples, Decimal/Integer/Boolean/String "
         "values (some strings unparsable) and three channels in no list. Deterministic for a "
-        "seed; rows that already exist are skipped.",
+        "seed; rows that already exist are skipped. Writes only into n2w's embedded PostgreSQL unless "
+        "--allow-external is given (then into N2W_SOURCE_URL / N2W_DATABASE_URL, whose existing "
+        "constraints and indexes are left as they are).",
     )
     p.add_argument("--ships", type=int, default=2, help="how many configured ships (default 2)")
     p.add_argument("--start", type=parse_time, default=dt.datetime(2025, 3, 1),
@@ -31,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hours", type=int, default=6, help="window length in hours (default 6)")
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     p.add_argument("--missing-pct", type=int, default=5, help="missing samples, %% (default 5)")
+    add_allow_external(p)
     p.set_defaults(func=run)
 
 
@@ -41,9 +45,10 @@ def run(args: argparse.Namespace) -> int:
     start = floor_hour(args.start)
     end = start + dt.timedelta(hours=args.hours)
     t0 = time.perf_counter()
-    with psycopg.connect(writable_source(settings, "generate"), autocommit=True) as conn:
+    url = writable_source(settings, "generate", args.allow_external)
+    with psycopg.connect(url, autocommit=True) as conn:
         n = generate(conn, settings, catalog, ships, start, end, seed=args.seed,
-                     missing_pct=args.missing_pct)
+                     missing_pct=args.missing_pct, own_table=is_embedded(settings))
     secs = time.perf_counter() - t0
     print(f"generated {n:,} narrow rows for {len(ships)} ship(s), {start:%Y-%m-%d %H:%M} .. "
           f"{end:%Y-%m-%d %H:%M}, in {secs:.1f} s")
