@@ -38,12 +38,41 @@ class CorrectionFile:
     month: str
 
 
+def inside_migration_dir(settings: Settings, path: Path) -> Path:
+    """``path`` resolved (symlinks followed) if that is inside ``N2W_MIGRATION_DIR``;
+    otherwise ``CorrectionFileError``: n2w never reads a correction from anywhere else."""
+    root = Path(settings.migration_dir).resolve()
+    real = Path(path).resolve()
+    if not real.is_relative_to(root):
+        shown = f"{path} (resolves to {real})" if str(real) != str(path) else str(path)
+        raise CorrectionFileError(
+            f"{shown}: outside the correction folder {settings.migration_dir} (N2W_MIGRATION_DIR); "
+            "correction files are read only from inside it, never through '..', an absolute path "
+            "or a symlink leading out")
+    return real
+
+
+def key_path(settings: Settings, key: str) -> Path:
+    """The file of a correction partition key ``HULL/name.csv``; keys that are absolute, climb
+    with ``..`` or resolve outside ``N2W_MIGRATION_DIR`` (a symlink) are refused
+    (``CorrectionFileError``) — a key typed into the UI is not trusted."""
+    parts = Path(key).parts
+    if Path(key).is_absolute() or ".." in parts or len(parts) != 2:
+        raise CorrectionFileError(
+            f"{key}: not a correction partition key; keys are HULL/<HULL>_<YYYY-MM>.csv inside "
+            f"{settings.migration_dir} (N2W_MIGRATION_DIR), without '..' or an absolute path")
+    path = Path(settings.migration_dir) / key
+    inside_migration_dir(settings, path)
+    return path
+
+
 def locate_file(settings: Settings, path: Path) -> CorrectionFile:
-    """Check a file's folder and name; raise ``CorrectionFileError`` saying what is wrong."""
+    """Check a file's place and name; raise ``CorrectionFileError`` saying what is wrong."""
     path = Path(path)
     folder, name = path.parent.name, path.name
     key = f"{folder}/{name}"
     root = Path(settings.migration_dir).resolve()
+    inside_migration_dir(settings, path)
     inside = path.resolve().parent.parent == root
     if path.resolve().parent == root:
         raise CorrectionFileError(
@@ -102,8 +131,12 @@ def file_sha256(path: Path) -> str:
 
 @dataclass(frozen=True)
 class FileChange:
+    """A file whose content is new to the sensor: its ``version``-th content (1, 2, …), so a
+    file that returns to an earlier content (A → B → A) is a new change, applied again."""
+
     file: CorrectionFile
     sha256: str
+    version: int = 1
 
 
 @dataclass
@@ -122,7 +155,8 @@ def scan_changes(
 ) -> ScanResult:
     """Compare the migration folder with ``cursor`` (key → {sha256, size, mtime_ns}).
 
-    A file is *changed* when its sha256 differs from the cursor's (new files included);
+    A file is *changed* when its sha256 differs from the cursor's (new files included), and
+    each change gets the next version number (``v`` in the cursor);
     the hash is recomputed only when size or mtime moved, so an untouched folder costs a
     ``stat`` per file and a copied-but-identical file is not applied again. Badly placed
     or named files are listed in ``problems`` and never enter the cursor (they are
@@ -150,11 +184,13 @@ def scan_changes(
                 result.cursor[cf.key] = dict(old)
             continue
         sha = file_sha256(path)
-        result.cursor[cf.key] = {"sha256": sha, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        version = int(old.get("v", 1)) if old else 0  # type: ignore[call-overload]
         if old and old.get("sha256") == sha:
             result.unchanged += 1
         else:
-            result.changed.append(FileChange(cf, sha))
+            version += 1  # every change of content is a new version, even back to an old one
+            result.changed.append(FileChange(cf, sha, version))
+        result.cursor[cf.key] = {"sha256": sha, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "v": version}
     return result
 
 

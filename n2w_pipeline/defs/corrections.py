@@ -1,8 +1,11 @@
 """CSV corrections in Dagster: one dynamic partition per file, a file sensor, one asset.
 
 The sensor watches ``N2W_MIGRATION_DIR``; every new or rewritten file (by sha256) is
-registered as a partition ``HULL/name.csv`` and gets a run whose run_key carries the hash,
-so a rewritten file is applied again and an unchanged one never. Badly placed or named
+registered as a partition ``HULL/name.csv`` and gets a run whose run_key carries the hash and
+the file's version (its n-th content), so a rewritten file is applied again — also when it
+returns to an earlier content (A → B → A) — and an unchanged one never. A partition key that
+does not name a file inside the folder (``..``, an absolute path, a symlink leading out, e.g.
+typed into the UI) is refused by the asset and named in every tick's log. Badly placed or named
 files are logged on every tick (and in the skip reason) and never block the others; a
 file whose content is rejected fails its own run with a message naming file, line and
 reason.
@@ -21,6 +24,7 @@ from n2w_pipeline.corrections import (
     FileReport,
     apply_file,
     dump_cursor,
+    key_path,
     load_cursor,
     scan_changes,
 )
@@ -103,9 +107,9 @@ def build_correction_asset(settings: Settings, catalog: ChannelCatalog) -> dg.As
         same file again changes nothing, and completes a run that failed half-way.
         A dry run records an observation with the same numbers and no materialisation.
         """
-        path = settings.migration_dir / context.partition_key
         url = n2w_db.resolve_url(settings)
         try:
+            path = key_path(settings, context.partition_key)  # a key typed in the UI: checked
             with psycopg.connect(url, autocommit=True) as conn:
                 report = apply_file(conn, settings, catalog, path, dry_run=config.dry_run,
                                     connect=lambda: psycopg.connect(url, autocommit=True))
@@ -125,6 +129,18 @@ def build_correction_asset(settings: Settings, catalog: ChannelCatalog) -> dg.As
     return csv_corrections
 
 
+def unsafe_partitions(instance: dg.DagsterInstance, settings: Settings) -> list[str]:
+    """Problems of partition keys (added in the UI, say) that do not name a file inside
+    N2W_MIGRATION_DIR: the asset refuses to run them; the sensor names them every tick."""
+    problems = []
+    for key in instance.get_dynamic_partitions(correction_files.name):
+        try:
+            key_path(settings, key)
+        except CorrectionFileError as e:
+            problems.append(f"partition {key!r} refused: {e}")
+    return problems
+
+
 def build_correction_sensor(settings: Settings, asset: dg.AssetsDefinition) -> dg.SensorDefinition:
     @dg.sensor(
         name="correction_files_sensor",
@@ -136,6 +152,7 @@ def build_correction_sensor(settings: Settings, asset: dg.AssetsDefinition) -> d
     )
     def correction_files_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
         scan = scan_changes(settings, load_cursor(context.cursor))
+        scan.problems += unsafe_partitions(context.instance, settings)
         for p in scan.problems:
             context.log.warning(f"not applied: {p}")
         if scan.deferred:
@@ -152,7 +169,7 @@ def build_correction_sensor(settings: Settings, asset: dg.AssetsDefinition) -> d
         new = [k for k in keys if not context.instance.has_dynamic_partition(correction_files.name, k)]
         return dg.SensorResult(
             run_requests=[
-                dg.RunRequest(partition_key=c.file.key, run_key=f"{c.file.key}@{c.sha256[:16]}",
+                dg.RunRequest(partition_key=c.file.key, run_key=f"{c.file.key}@{c.sha256[:16]}#{c.version}",
                               tags={"n2w/sha256": c.sha256, "n2w/ship": c.file.ship})
                 for c in scan.changed
             ],
