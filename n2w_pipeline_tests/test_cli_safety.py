@@ -103,8 +103,8 @@ def test_every_connection_string_form_is_masked(cli, pg_url, monkeypatch, capsys
 
 
 def _narrow_exists(conn: psycopg.Connection, settings: Settings) -> bool:
-    row = conn.execute("SELECT to_regclass(%s)", (sql.Identifier(*settings.source_qualified).as_string(conn),))
-    return row.fetchone()[0] is not None
+    name = sql.Identifier(*settings.source_qualified).as_string(conn)
+    return conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()[0] is not None
 
 
 def _index_oids(conn: psycopg.Connection, settings: Settings) -> list[int]:
