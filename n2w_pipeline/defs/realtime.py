@@ -23,6 +23,7 @@ late row is lost). Choices made here:
   requested again — that run has not read the narrow table yet and will see these rows.
 """
 
+import contextlib
 import datetime as dt
 
 import dagster as dg
@@ -40,6 +41,7 @@ from n2w_pipeline.realtime import (
     group_runs,
     tick,
 )
+from n2w_pipeline.realtime.writers import WritersNotVisible
 
 SENSOR_NAME = "narrow_realtime"
 REALTIME_TAG = "n2w/realtime"  # value: new | late | deferred
@@ -109,13 +111,21 @@ def build_realtime_sensor(settings: Settings, wide: dg.AssetsDefinition) -> dg.S
         ),
     )
     def narrow_realtime(context: dg.SensorEvaluationContext, n2w_db: N2WDatabase) -> dg.SensorResult:
-        # the narrow table's server (N2W_SOURCE_URL, e.g. a replica): runs read the same one
-        with psycopg.connect(n2w_db.resolve_source_url(settings), autocommit=True) as conn:
+        # the narrow table's server (N2W_SOURCE_URL, e.g. a replica): runs read the same one;
+        # the writers' open transactions are read where they run (N2W_SOURCE_PRIMARY_URL)
+        source, primary = n2w_db.resolve_source_url(settings), n2w_db.resolve_writers_url(settings)
+        with psycopg.connect(source, autocommit=True) as conn, contextlib.ExitStack() as stack:
             problem = arrival_index_problem(conn, settings)
             if problem:
                 context.log.warning(problem)
                 return dg.SensorResult(skip_reason=problem, cursor=context.cursor)
-            plan = tick(conn, settings, context.cursor, dt.datetime.now(dt.UTC))
+            writers = conn if primary == source else stack.enter_context(
+                psycopg.connect(primary, autocommit=True))
+            try:
+                plan = tick(conn, settings, context.cursor, dt.datetime.now(dt.UTC), writers_conn=writers)
+            except WritersNotVisible as e:  # never settle a range without seeing the writers
+                context.log.warning(str(e))
+                return dg.SensorResult(skip_reason=str(e), cursor=context.cursor)
         cursor = plan.cursor.to_json(arr)
         for warning in plan.warnings:
             context.log.warning(warning)

@@ -11,14 +11,16 @@ from n2w_pipeline.storage.pooling import require_session_pooling
 class N2WDatabase(dg.ConfigurableResource):
     """PostgreSQL holding the wide tables (``url``) and the narrow table (``source_url``).
 
-    ``url`` comes from the ``N2W_DATABASE_URL`` environment variable and ``source_url``
-    from ``N2W_SOURCE_URL`` (shown in the UI by name only); without ``N2W_DATABASE_URL``
-    n2w's embedded PostgreSQL under ``N2W_STATE_DIR`` is used, and without a source URL
-    the narrow table is read from the same database.
+    ``url`` comes from the ``N2W_DATABASE_URL`` environment variable, ``source_url``
+    from ``N2W_SOURCE_URL`` and ``source_primary_url`` (where the narrow table's writers run,
+    when the source is a replica) from ``N2W_SOURCE_PRIMARY_URL`` (shown in the UI by name only);
+    without ``N2W_DATABASE_URL`` n2w's embedded PostgreSQL under ``N2W_STATE_DIR`` is used, and
+    without a source URL the narrow table is read from the same database.
     """
 
     url: str | None = None
     source_url: str | None = None
+    source_primary_url: str | None = None
 
     def resolve_url(self, settings: Settings) -> str:
         """The data database: wide tables, n2w's own tables."""
@@ -31,6 +33,11 @@ class N2WDatabase(dg.ConfigurableResource):
         """The database the narrow table is read from."""
         return self.source_url or settings.source_url or self.resolve_url(settings)
 
+    def resolve_writers_url(self, settings: Settings) -> str:
+        """The server where the narrow table's writers run (``N2W_SOURCE_PRIMARY_URL``, else
+        the source): the realtime sensor reads their open transactions there."""
+        return self.source_primary_url or settings.source_primary_url or self.resolve_source_url(settings)
+
 
 def database_resource() -> N2WDatabase:
     import os
@@ -40,6 +47,8 @@ def database_resource() -> N2WDatabase:
         kw["url"] = dg.EnvVar("N2W_DATABASE_URL")
     if os.environ.get("N2W_SOURCE_URL"):
         kw["source_url"] = dg.EnvVar("N2W_SOURCE_URL")
+    if os.environ.get("N2W_SOURCE_PRIMARY_URL"):
+        kw["source_primary_url"] = dg.EnvVar("N2W_SOURCE_PRIMARY_URL")
     return N2WDatabase(**kw)
 
 

@@ -9,7 +9,8 @@ benchmark call them directly. One module per concern:
 * ``read``: the tick's queries and ``read_tick``, one snapshot, nothing written;
 * ``plan``: ``plan_tick`` (pure: the runs to request and the next cursor) and
   ``group_runs`` (one run per hour);
-* ``tick``: ``read_tick`` then ``plan_tick`` against the configured partitions.
+* ``writers``: the open writer transactions a pending range waits for (``read_writers``);
+* ``tick``: ``read_tick``, ``read_writers``, then ``plan_tick`` against the configured partitions.
 
 Arrival is tracked by the monotonic ``id`` column (``N2W_REALTIME_CURSOR_COLUMN=id``, the
 default) or, for tables without one, by ``server_created_time``; never by
@@ -24,17 +25,19 @@ One tick (``read_tick`` then ``plan_tick``):
    several ticks, oldest rows first. The frontier moves to the batch's last arrival value
    only when the sensor returns the batch's run requests (Dagster saves the cursor after
    submitting them).
-2. **Pending ranges**: ids are taken from a sequence when a row is inserted, but become
-   visible only when its transaction commits, so a tick can see id 101 while id 100's
-   transaction is still open. Moving past 100 would lose its rows for good (the bug
-   of the cutoff-time poller this replaces). Every id range that the batch skipped (a
-   *gap*) is kept in the cursor with the snapshot's ``xmax`` and re-read each tick until
-   every transaction that was running when the gap was seen has ended
-   (``pg_snapshot_xmin`` of a later snapshot ≥ that ``xmax``); rows that appear in a gap
-   get their partitions re-run. Gaps left by rolled-back inserts or
-   ``ON CONFLICT DO NOTHING`` settle on the next tick. With ``server_created_time``
-   (not unique, not ordered by commit) the whole batch window is a pending range instead,
-   re-read with per-partition row counts until it settles.
+2. **Pending ranges**: ids are taken from a sequence when a row is inserted (or earlier:
+   ``nextval`` before the insert), but become visible only when its transaction commits,
+   so a tick can see id 101 while id 100's transaction is still open. Moving past 100
+   would lose its rows for good (the bug of the cutoff-time poller this replaces). Every
+   id range that the batch skipped (a *gap*) is kept in the cursor with the writer
+   transactions open right after the snapshot that saw it (``writers``: the holders of a
+   lock on the id sequence, read on the writers' server) and re-read each tick; rows that
+   appear in a gap get their partitions re-run. A gap is dropped once every id in it is
+   visible, or after one more read taken once all its writers have ended (on a replica:
+   once it has replayed past them) — never earlier, and never given up (``writers.py``
+   says why this is enough, also for a transaction that drew an id before it had an xid).
+   With ``server_created_time`` (not unique, not ordered by commit) the whole batch window
+   is a pending range instead, waiting for every transaction open in the database.
 3. **Partitions**: a ship not in ``N2W_SHIPS`` has no partition (the ship dimension is
    static, see ``defs/realtime.py``) and an hour before ``N2W_PARTITION_START`` has none
    either: their rows are counted and reported, per tick and cumulatively in the cursor.
@@ -72,6 +75,7 @@ from n2w_pipeline.realtime.read import (
     window_queries,
 )
 from n2w_pipeline.realtime.tick import partition_hours, tick
+from n2w_pipeline.realtime.writers import Writers, WritersNotVisible, read_writers, replay_lsn
 
 __all__ = [
     "Arrival",
@@ -83,6 +87,8 @@ __all__ = [
     "RunGroup",
     "TickPlan",
     "TickRead",
+    "Writers",
+    "WritersNotVisible",
     "arrival",
     "arrival_index_ddl",
     "arrival_index_name",
@@ -95,6 +101,8 @@ __all__ = [
     "pending_query",
     "plan_tick",
     "read_tick",
+    "read_writers",
+    "replay_lsn",
     "tick",
     "window_queries",
 ]

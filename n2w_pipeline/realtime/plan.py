@@ -11,16 +11,15 @@ from dataclasses import dataclass, field, replace
 
 from n2w_pipeline.realtime.cursor import Arrival, Cursor, Key, Pending, split_part
 from n2w_pipeline.realtime.read import PartitionRows, TickRead
+from n2w_pipeline.realtime.writers import Writers
 
-MIN_SETTLE_SECONDS = 1.0
-"""A pending range is dropped no sooner than this after it was seen, besides the xid test:
-a transaction takes its xid at its first write, a moment after drawing its first id."""
-MAX_PENDING_SECONDS = 900.0
-"""A pending range still unsettled after this (a writer transaction open for 15 minutes)
-is given up with a warning, so one stuck session cannot grow every tick's work forever."""
-MAX_PENDING = 100
-"""More pending ranges than this are merged, oldest first (the merged range's partitions
-are re-run once: never a loss, at worst a spare run)."""
+WARN_PENDING_SECONDS = 900.0
+"""A pending range still held by open writer transactions after this is named in a warning
+(again every as long): it stays watched — nothing is ever given up — but a transaction
+left open for long delays the bookkeeping and should be looked at."""
+MAX_PENDING = 200
+"""More pending ranges than this are merged, the two closest first (the merged range is
+re-read whole, rows already seen included: never a loss, at worst a spare run)."""
 MAX_DEFERRED = 2000
 """Future (ship, hour) partitions kept in the cursor; beyond this the furthest are dropped."""
 
@@ -44,7 +43,8 @@ class TickPlan:
     unknown_ships: dict[str, int] = field(default_factory=dict)  # this tick
     before_start: int = 0  # rows of this tick whose hour precedes the first partition
     deferred: int = 0  # partitions of this tick deferred to a future hour
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # logged as warnings
+    notes: list[str] = field(default_factory=list)  # added to the tick's message
     initialised: bool = False  # first tick: the frontier was set, nothing read
 
     def summary(self) -> str:
@@ -63,7 +63,7 @@ class TickPlan:
             parts.append(f"{self.deferred} partition(s) of a future hour deferred")
         if self.cursor.pending:
             parts.append(f"{len(self.cursor.pending)} arrival range(s) pending open transactions")
-        return "; ".join(parts)
+        return "; ".join(parts + self.notes)
 
 
 def run_key(ship: str, hour: dt.datetime, last: str, rows: int) -> str:
@@ -95,7 +95,9 @@ def plan_tick(
     plan = TickPlan([], cursor, rows_read=read.batch_rows)
     for p in read.batch:
         _add(found, p, "new")
-    pending = _watch_pending(read, cursor, arr, now, found, plan, skipped)
+    pending = _watch_pending(read, cursor, arr, now, found, plan)
+    if read.writers is not None and read.writers.warning:
+        plan.notes.append(read.writers.warning)
     deferred = dict(cursor.deferred)
     runs = _place(found, arr, set(ships), first_hour, last_hour, plan, skipped, deferred)
     runs += _release_deferred(deferred, last_hour, {(r.ship, r.hour) for r in runs}, skipped)
@@ -104,7 +106,7 @@ def plan_tick(
     # skipped/deferred), and the sensor returns the runs together with this cursor.
     frontier = read.batch_last if read.batch_last is not None else cursor.frontier
     plan.runs = runs
-    plan.cursor = Cursor(arr.column, frontier, pending, deferred, skipped)
+    plan.cursor = replace(cursor, frontier=frontier, pending=pending, deferred=deferred, skipped=skipped)
     return plan
 
 
@@ -113,42 +115,94 @@ def _add(found: Found, p: PartitionRows, reason: str) -> None:
     found[p.part] = (max(last, p.last), rows + p.rows, reasons | {reason})  # type: ignore[type-var]
 
 
+def _final_read(read: TickRead, pend: Pending) -> bool:
+    """Whether this tick's read of ``pend`` is its last one: its writers had all ended before
+    this snapshot, and on a standby the snapshot has replayed past their commits."""
+    if pend.cleared is None:
+        return False
+    return read.replay_lsn is None or read.replay_lsn >= pend.cleared
+
+
+def _full(arr: Arrival, pend: Pending, counts: dict[str, int]) -> bool:
+    """Unique ids: every id of (lo, hi] is visible, so no transaction can add one."""
+    return arr.unique and sum(counts.values()) >= int(pend.hi) - int(pend.lo)  # type: ignore[arg-type]
+
+
+def _still_open(pend: Pending, writers: Writers) -> list[str]:
+    """The range's writers that are still open (all open ones when they were not known)."""
+    if pend.writers is None:
+        return sorted(writers.open)
+    return [w for w in pend.writers if w in writers.open]
+
+
 def _watch_pending(
     read: TickRead, cursor: Cursor, arr: Arrival, now: float, found: Found, plan: TickPlan,
-    skipped: dict[str, int],
 ) -> list[Pending]:
-    """The pending ranges to watch after this tick. Rows that appeared in a range since
-    the last read are ``late`` partitions in ``found``; a range is dropped once settled
-    (or given up after ``MAX_PENDING_SECONDS``); this tick's gaps (or, without unique
-    ids, its whole batch window) join; beyond ``MAX_PENDING`` the oldest are merged."""
+    """The pending ranges to watch after this tick (see ``writers.py`` for why this settles
+    no range too early). Rows that appeared in a range since the last read are ``late``
+    partitions in ``found``. A range is dropped after a read in which it is full (every id
+    visible), or after the first read taken once all its writers had ended (on a standby:
+    replayed past them); prepared transactions hold every range. This tick's gaps (or,
+    without unique ids, its whole batch window) join with the writers open now."""
     pending: list[Pending] = []
+    w = read.writers
     for i, pend in enumerate(cursor.pending):
         rows = read.pending.get(i, [])
         counts = {p.part: p.rows for p in rows}
         for p in rows:
             if pend.seen is None or pend.seen.get(p.part) != p.rows:
                 _add(found, p, "late")
-        settled = read.xmin >= pend.xmax and now - pend.at >= MIN_SETTLE_SECONDS
-        if settled:
+        if _full(arr, pend, counts) or _final_read(read, pend):
             continue
-        if now - pend.at > MAX_PENDING_SECONDS:
-            plan.warnings.append(
-                f"arrival range ({arr.dump(pend.lo)}, {arr.dump(pend.hi)}] still has open writer "
-                f"transactions after {MAX_PENDING_SECONDS:.0f} s; no longer watched (rows committed "
-                "into it later need a backfill of their hours)")
-            skipped["pending_given_up"] = skipped.get("pending_given_up", 0) + 1
+        if w is None:  # writers not read (no unique information): keep as is
+            pending.append(replace(pend, seen=counts))
             continue
-        pending.append(replace(pend, seen=counts))
+        still = _still_open(pend, w)
+        cleared = pend.cleared if pend.cleared is not None else (
+            w.lsn if not still and not w.prepared else None)
+        warned = _warn_if_old(pend, still, w, arr, now, plan)
+        pending.append(replace(pend, writers=still, seen=counts, cleared=cleared, warned=warned))
+    new_writers = sorted(w.open) if w is not None else None
+    cleared_now = w.lsn if w is not None and not w.open and not w.prepared else None
     if arr.unique:
-        pending += [Pending(lo, hi, read.xmax, now, {}) for lo, hi in read.gaps]
+        pending += [Pending(lo, hi, new_writers, now, {}, cleared_now) for lo, hi in read.gaps]
     elif read.batch and cursor.frontier is not None and read.batch_last is not None:
-        pending.append(Pending(cursor.frontier, read.batch_last, read.xmax, now,
-                               {p.part: p.rows for p in read.batch}))
+        pending.append(Pending(cursor.frontier, read.batch_last, new_writers, now,
+                               {p.part: p.rows for p in read.batch}, cleared_now))
     pending.sort(key=lambda p: p.lo)  # type: ignore[arg-type, return-value]
     while len(pending) > MAX_PENDING:
-        a, b = pending[0], pending[1]
-        pending[:2] = [Pending(a.lo, max(a.hi, b.hi), max(a.xmax, b.xmax), min(a.at, b.at), None)]  # type: ignore[type-var]
+        _merge_closest(pending, arr)
     return pending
+
+
+def _merge_closest(pending: list[Pending], arr: Arrival) -> None:
+    """Merge the two neighbouring ranges with the fewest arrivals between them (by id, or the
+    oldest two for arrival times): the merged range re-reads those too."""
+    if arr.unique:
+        i = min(range(len(pending) - 1), key=lambda j: int(pending[j + 1].lo) - int(pending[j].hi))  # type: ignore[arg-type]
+    else:
+        i = 0
+    a, b = pending[i], pending[i + 1]
+    writers = None if a.writers is None or b.writers is None else sorted(set(a.writers) | set(b.writers))
+    cleared = None if a.cleared is None or b.cleared is None else max(a.cleared, b.cleared)
+    pending[i: i + 2] = [Pending(a.lo, max(a.hi, b.hi), writers, min(a.at, b.at), None, cleared)]  # type: ignore[type-var]
+
+
+def _warn_if_old(
+    pend: Pending, still: list[str], w: Writers, arr: Arrival, now: float, plan: TickPlan
+) -> int:
+    """A warning each time a range's age passes a multiple of ``WARN_PENDING_SECONDS``;
+    returns the range's count of warnings."""
+    age = now - pend.at
+    due = int(age // WARN_PENDING_SECONDS)
+    if due <= pend.warned:
+        return pend.warned
+    who = ", ".join(w.details.get(x, x) for x in [*still, *sorted(w.prepared)][:5]) or "none"
+    plan.warnings.append(
+        f"arrival range ({arr.dump(pend.lo)}, {arr.dump(pend.hi)}] has been waiting {age / 60:.0f} min for "
+        f"writer transactions to end ({w.by}): {who}. It stays watched (rows committed into it later "
+        "are still picked up); a transaction left open this long is worth a look")
+    return due
 
 
 def _place(

@@ -12,6 +12,7 @@ from psycopg import sql
 
 from n2w_pipeline.config import Settings
 from n2w_pipeline.realtime.cursor import Arrival, Cursor, Key, arrival, part_key
+from n2w_pipeline.realtime.writers import Writers, replay_lsn
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class TickRead:
 
     xmin: int  # pg_snapshot_xmin: every older transaction has ended
     xmax: int  # pg_snapshot_xmax: every transaction that could be running is below it
+    replay_lsn: int | None = None  # a standby's replayed WAL position before the snapshot; None: primary
+    writers: Writers | None = None  # open writer transactions, read after the snapshot (``tick``)
     initial: Key | None = None  # set on the first tick: the frontier to start from
     batch: list[PartitionRows] = field(default_factory=list)
     batch_rows: int = 0
@@ -100,13 +103,14 @@ def read_tick(conn: psycopg.Connection, settings: Settings, cursor: Cursor) -> T
     ``conn`` must be in autocommit mode (each tick is its own transaction).
     """
     arr = arrival(settings)
+    replayed = replay_lsn(conn)  # before the snapshot: it sees every commit replayed up to here
     conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
     try:
         xmin, xmax = conn.execute(
             "SELECT pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint "
             "FROM pg_current_snapshot() s"
         ).fetchone()  # type: ignore[misc]
-        read = TickRead(xmin=xmin, xmax=xmax)
+        read = TickRead(xmin=xmin, xmax=xmax, replay_lsn=replayed)
         if cursor.frontier is None:  # first tick: start at the newest row, history is backfill's
             row = conn.execute(sql.SQL("SELECT max({col}) FROM {src}").format(
                 **_idents(settings, arr))).fetchone()
