@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 import warnings
 
 COMMANDS = ("demo", "generate", "backfill", "check", "corrections", "export", "olap", "dev", "worker",
-            "db_url", "bench", "storage")
+            "db_url", "bench", "storage", "report")
 
 EPILOG = """\
 Configuration comes from N2W_* environment variables (see docs/operating.md). With no
@@ -36,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="show debug logs")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show every log line on the terminal, Dagster's included (without it they "
+                        "go only to the log files under N2W_LOG_DIR)")
     parser.add_argument("--debug", action="store_true",
                         help="on an error, show the full traceback instead of one line")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -48,11 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", module="platformdirs")
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     from n2w_pipeline.dsn import MaskSecretsFilter
+    from n2w_pipeline.logs import setup_cli_logging
+
+    setup_cli_logging(args.command, args.verbose)
 
     for handler in logging.getLogger().handlers:
         handler.addFilter(MaskSecretsFilter())  # no password in a log line, whatever logs it

@@ -123,6 +123,16 @@ def parse_retention(value: str) -> tuple[int, str] | None:
     return int(m.group(1)), m.group(2)
 
 
+def parse_days(name: str, value: str) -> int | None:
+    """`30` → 30; `off`, `none`, `0` → None (keep everything)."""
+    text = value.strip().lower()
+    if text in ("off", "none", "0", "no", "false"):
+        return None
+    if not text.isdigit():
+        raise SettingError(f"{name}: expected a number of days or 'off', got {value!r}")
+    return int(text)
+
+
 @dataclass(frozen=True)
 class SourceColumns:
     """Column names of the narrow source table."""
@@ -223,6 +233,22 @@ class Settings:
     """N2W_CELERY_VISIBILITY_TIMEOUT: seconds before a step taken by a worker that died is redelivered."""
     celery_queue: str = "dagster"
     """N2W_CELERY_QUEUE: Celery queue of the wide-table steps (`n2w worker --queue` defaults to it)."""
+    log_dir: Path | None = None
+    """N2W_LOG_DIR: log files, one per kind of work and ship (logs.py); unset → <N2W_STATE_DIR>/logs."""
+    log_max_mb: int = 100
+    """N2W_LOG_MAX_MB: a log file is rotated when it reaches this size."""
+    log_backups: int = 30
+    """N2W_LOG_BACKUPS: rotated files kept per log file (the oldest is deleted)."""
+    instance_retention_days: int | None = 30
+    """N2W_INSTANCE_RETENTION_DAYS: days the instance keeps finished runs' logs and ticks (`off`: all)."""
+    alert_webhook: str | None = None
+    """N2W_ALERT_WEBHOOK: URL that receives a JSON POST for each failed run and failed blocking check."""
+    slack_token: str | None = None
+    """N2W_SLACK_TOKEN: Slack bot token; with N2W_SLACK_CHANNEL, alerts are posted there too."""
+    slack_channel: str | None = None
+    """N2W_SLACK_CHANNEL: Slack channel of the alerts, e.g. #n2w-alerts."""
+    ui_url: str = "http://127.0.0.1:3000"
+    """N2W_UI_URL: the Dagster UI's address, for the run links in alerts and `n2w report`."""
 
     @property
     def source_qualified(self) -> tuple[str, str]:
@@ -243,7 +269,8 @@ class Settings:
         for name in ("database_url", "source_url", "source_primary_url"):
             if (v := get(name.upper())) is not None:
                 kw[name] = _postgres_url(f"N2W_{name.upper()}", v)
-        for name in ("celery_broker", "celery_backend"):
+        for name in ("celery_broker", "celery_backend", "alert_webhook", "slack_token", "slack_channel",
+                     "ui_url"):
             if (v := get(name.upper())) is not None:
                 kw[name] = v
         if (v := get("EXECUTOR")) is not None:
@@ -272,7 +299,7 @@ class Settings:
             kw["migration_dir"] = Path(v)
         if (v := get("STATE_DIR")) is not None:
             kw["state_dir"] = Path(v)
-        for name in ("export_dir", "clickhouse_path"):
+        for name in ("export_dir", "clickhouse_path", "log_dir"):
             if (v := get(name.upper())) is not None:
                 kw[name] = Path(v)
         if (v := get("CLICKHOUSE_URL")) is not None:
@@ -295,7 +322,8 @@ class Settings:
                 raise SettingError(f"N2W_REALTIME_CURSOR_COLUMN must be id or server_created_time, got {v!r}")
             kw["realtime_cursor"] = v
         for name in ("slice_hours", "run_hours", "realtime_interval_seconds", "realtime_batch_rows",
-                     "correction_workers", "export_retries", "celery_visibility_timeout", "db_retries"):
+                     "correction_workers", "export_retries", "celery_visibility_timeout", "db_retries",
+                     "log_max_mb", "log_backups"):
             if (v := get(name.upper())) is not None:
                 kw[name] = _int(f"N2W_{name.upper()}", v)
                 if kw[name] < 1:
@@ -312,6 +340,8 @@ class Settings:
             kw["partition_interval"] = v.strip().lower()
         if (v := get("RETENTION")) is not None:
             kw["retention"] = parse_retention(v)
+        if (v := get("INSTANCE_RETENTION_DAYS")) is not None:
+            kw["instance_retention_days"] = parse_days("N2W_INSTANCE_RETENTION_DAYS", v)
         cols = {
             f.name: env[f"N2W_COL_{f.name.upper()}"]
             for f in fields(SourceColumns)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import psycopg
 from psycopg import sql
@@ -94,8 +94,10 @@ def generate(
     missing_pct: int = 5,
     channels: Sequence[str] | None = None,
     own_table: bool = False,
+    progress: Callable[[int, int, int], None] | None = None,
 ) -> int:
     """Insert synthetic narrow rows for ``ships`` over [start, end); returns rows inserted.
+    ``progress(done, total, rows)`` after each ship-day statement (rows: inserted so far).
 
     Re-running with the same arguments inserts nothing new (primary key conflicts are
     skipped), so ``generate`` is safe to repeat.
@@ -153,6 +155,8 @@ WHERE (h >> 12) %% 100 >= %(missing)s
         )
         last = end - CADENCE
         day = dt.timedelta(days=1)
+        steps = len(ships) * -(-(end - start) // day)
+        done = 0
         for ship in ships:
             cursor = start
             while cursor < end:  # a day per statement keeps the sort in memory
@@ -164,6 +168,9 @@ WHERE (h >> 12) %% 100 >= %(missing)s
                 )
                 total += cur.rowcount
                 cursor = chunk_end
+                done += 1
+                if progress is not None:
+                    progress(done, steps, total)
     if own_table:
         create_source_indexes(conn, settings)
     conn.execute(sql.SQL("ANALYZE {}").format(ident(*settings.source_qualified)))

@@ -4,7 +4,7 @@ process that n2w starts must see."""
 from __future__ import annotations
 
 import os
-import shutil
+import re
 from pathlib import Path
 
 from n2w_pipeline.config import Settings
@@ -38,9 +38,11 @@ def dagster_env(settings: Settings) -> dict[str, str]:
     Copies the project's dagster.yaml into ``<state_dir>/dagster_home`` and resolves the
     database URLs once, so child processes reuse the same (embedded) server.
     """
+    from n2w_pipeline.logs import log_dir
+
     home = (settings.state_dir / "dagster_home").resolve()
     home.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(project_file("dagster.yaml"), home / "dagster.yaml")
+    write_instance_yaml(settings, home / "dagster.yaml")
     logs = (settings.state_dir / "compute_logs").resolve()
     logs.mkdir(parents=True, exist_ok=True)
     env = {
@@ -49,9 +51,23 @@ def dagster_env(settings: Settings) -> dict[str, str]:
         "N2W_DATABASE_URL": database_url(settings),
         "N2W_STATE_DIR": str(settings.state_dir.resolve()),
         "N2W_COMPUTE_LOG_DIR": str(logs),
+        "N2W_LOG_DIR": str(log_dir(settings).resolve()),
         **BOOKKEEPING_ENV,
     }
     return env
+
+
+def write_instance_yaml(settings: Settings, dest: Path) -> None:
+    """The project's dagster.yaml with the tick retention of ``N2W_INSTANCE_RETENTION_DAYS``
+    (Dagster reads ``purge_after_days`` as a plain number, not from the environment);
+    written only when it changes, so a running daemon never reads a half-written file."""
+    days = settings.instance_retention_days
+    text = re.sub(r"(purge_after_days:) *-?\d+", rf"\g<1> {days if days else -1}",
+                  project_file("dagster.yaml").read_text())
+    if not dest.exists() or dest.read_text() != text:
+        tmp = dest.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(dest)
 
 
 def apply_dagster_env(settings: Settings) -> dict[str, str]:

@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Callable, Sequence
 
 from n2w_pipeline.commands._common import (
-    QUIET_CONSOLE,
     BackfillFailed,
     BackfillProgress,
     Run,
@@ -74,12 +73,13 @@ def celery_run(run: Run, backfill_id: str) -> dict:
     import dagster as dg
 
     from n2w_pipeline.defs.backfill_job import wide_backfill_job
+    from n2w_pipeline.logs import dagster_console
 
     t0 = time.perf_counter()
     tags = run_tags(run) | {BACKFILL_TAG: backfill_id, TASK_TAG: task_name(run)}
     with dg.DagsterInstance.get() as instance:
         result = dg.execute_job(dg.reconstructable(wide_backfill_job), instance,
-                                run_config=QUIET_CONSOLE, tags=tags)
+                                run_config=dagster_console(), tags=tags)
         if not result.success:
             raise BackfillFailed(
                 f"run {result.run_id} ({run[0]} {run[1]:%Y-%m-%d %H:%M}..{run[2]:%Y-%m-%d %H:%M}) "

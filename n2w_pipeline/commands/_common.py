@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
-import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
 
+from n2w_pipeline.commands._progress import Bar
 from n2w_pipeline.config import Settings
 from n2w_pipeline.hours import floor_hour, hour_ranges, hours_between
 
@@ -109,31 +109,23 @@ def writable_source(settings: Settings, command: str, allow_external: bool = Fal
 
 
 class ProgressBar(logging.Handler):
-    """Draws the wide assets' progress records (logger ``n2w.progress``) as a bar."""
+    """Draws the wide assets' progress records (logger ``n2w.progress``) as a bar (``_progress.Bar``:
+    redrawn in place on a terminal, one line per step elsewhere, never the same line twice)."""
 
     def __init__(self, stream=None) -> None:  # noqa: ANN001
         super().__init__()
-        self.stream = stream or sys.stderr  # resolved now: sys.stderr may be replaced
-        self.tty = self.stream.isatty()
+        self.bar = Bar(stream)
 
     def emit(self, record: logging.LogRecord) -> None:
         done = getattr(record, "n2w_done", None)
         total = getattr(record, "n2w_total", None)
         if done is None or not total:
             return
-        width = 30
-        filled = int(width * done / total)
-        line = (
-            f"[{'#' * filled}{'.' * (width - filled)}] {done:,.0f}/{total:,} ship-hours  "
-            f"{record.n2w_rows:,} rows  {record.n2w_rate:,.0f} rows/s  ETA {record.n2w_eta:,.0f} s"
-        )
-        if self.tty:
-            self.stream.write("\r" + line)
-            if done >= total:
-                self.stream.write("\n")
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+        self.bar.draw(done, total, "ship-hours", f"{record.n2w_rows:,} rows  {record.n2w_rate:,.0f} rows/s  "
+                      f"ETA {record.n2w_eta:,.0f} s")
+
+    def line(self, text: str) -> None:
+        self.bar.line(text)
 
 
 Run = tuple[str, dt.datetime, dt.datetime]  # ship, start, end (exclusive)
@@ -197,12 +189,15 @@ class BackfillProgress:
             self.active[task] = (done, rows)
             self._draw()
 
-    def finish(self, task: str, hours: float, rows: int) -> None:
+    def finish(self, task: str, hours: float, rows: int, line: str | None = None) -> None:
+        """A run ended: its hours and rows count in full; ``line`` is printed above the bar."""
         with self.lock:
             self.finished.add(task)
             self.active.pop(task, None)
             self.finished_hours += hours
             self.finished_rows += rows
+            if line and self.bar is not None:
+                self.bar.line(line)
             self._draw()
 
     def _draw(self) -> None:
@@ -232,8 +227,19 @@ class _TaskProgress(logging.Handler):
             self.sink(self.task, float(done), int(record.n2w_rows))
 
 
-QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-"""Run config of backfill runs: the bar shows progress; Dagster's console logger only warnings."""
+QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+"""Run config of backfill runs: the bar shows progress, Dagster's lines go to the log files
+(``logs.dagster_console()`` turns the console on for ``n2w --verbose``)."""
+
+
+def run_line(summary: dict) -> str:
+    """The line printed when a run of `n2w backfill` finishes."""
+    md = next(iter(summary["assets"].values()), {})
+    rows, secs = md.get("narrow_rows_read", 0), summary["seconds"]
+    return (f"run {summary['run_id'][:8]} {summary['ship']} {summary['start']:%Y-%m-%d %H:%M}.."
+            f"{summary['end']:%Y-%m-%d %H:%M}: {rows:,} rows in {secs:.1f} s "
+            f"({rows / secs if secs else 0:,.0f} rows/s)")
+
 class BackfillFailed(Exception):
     """A run of `n2w backfill` failed; the message says which and why, in one line."""
 
@@ -252,6 +258,7 @@ def run_tags(run: Run) -> dict[str, str]:
         "dagster/asset_partition_range_start": partition_key(ship, start),
         "dagster/asset_partition_range_end": partition_key(ship, stop - dt.timedelta(hours=1)),
         "n2w/launched_by": "n2w backfill",
+        "n2w/kind": "backfill",
     }
 
 
@@ -270,6 +277,7 @@ def _materialize_run(settings: Settings, run: Run, url: str) -> dict:
     from n2w_pipeline.channels import load_catalog
     from n2w_pipeline.defs.resources import N2WDatabase
     from n2w_pipeline.defs.wide_assets import build_wide_assets
+    from n2w_pipeline.logs import dagster_console
 
     assets = build_wide_assets(settings, load_catalog(settings.channel_lists_dir))
     t0 = time.perf_counter()
@@ -280,7 +288,7 @@ def _materialize_run(settings: Settings, run: Run, url: str) -> dict:
             resources={"n2w_db": N2WDatabase(url=url, source_url=settings.source_url)},
             tags=run_tags(run),
             raise_on_error=True,
-            run_config=QUIET_CONSOLE,
+            run_config=dagster_console(),
         )
     return run_summary(run, result, t0)
 
@@ -366,7 +374,7 @@ def run_backfill(
     def finished(run: Run, summary: dict) -> None:
         summaries[run] = summary
         rows = next(iter(summary["assets"].values()), {}).get("narrow_rows_read", 0)
-        progress.finish(task_name(run), (run[2] - run[1]).total_seconds() / 3600, rows)
+        progress.finish(task_name(run), (run[2] - run[1]).total_seconds() / 3600, rows, run_line(summary))
 
     if celery:
         run_celery(runs, parallel, progress, finished)

@@ -9,6 +9,7 @@ from pathlib import Path
 import psycopg
 
 from n2w_pipeline.channels import load_catalog
+from n2w_pipeline.commands._progress import Counter
 from n2w_pipeline.config import Settings
 from n2w_pipeline.corrections import (
     CorrectionFileError,
@@ -58,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     rejected = 0
     reports = []
     url = database_url(settings)
+    bar = Counter(len(paths), "file(s)") if len(paths) > 1 and not args.json else None
     with psycopg.connect(url, autocommit=True) as conn:
         for path in paths:
             try:
@@ -69,12 +71,16 @@ def run(args: argparse.Namespace) -> int:
                 if args.json:
                     reports.append({"file": str(path), "rejected": str(e)})
                 else:
-                    print(f"REJECTED {e}\n")
+                    print(f"REJECTED {e}\n", flush=True)
+                if bar is not None:
+                    bar.step(extra=path.name)
                 continue
             if args.json:
                 reports.append(report.as_dict())
             else:
-                print(format_report(report) + "\n")
+                print(format_report(report) + "\n", flush=True)
+            if bar is not None:
+                bar.step(extra=path.name)
     if args.json:
         print(json.dumps(reports, indent=2, default=str))
     else:

@@ -95,6 +95,7 @@ def run_export(settings: Settings, ships: list[str], start: dt.date, end: dt.dat
     from n2w_pipeline.defs.resources import N2WClickHouse, N2WDatabase
     from n2w_pipeline.export.paths import clickhouse_root
     from n2w_pipeline.instance import apply_dagster_env, sync_pool_limit
+    from n2w_pipeline.logs import dagster_console
 
     env = apply_dagster_env(settings)
     catalog = load_catalog(settings.channel_lists_dir)
@@ -122,15 +123,16 @@ def run_export(settings: Settings, ships: list[str], start: dt.date, end: dt.dat
                     [assets], instance=instance, selection=keys, resources=resources, raise_on_error=False,
                     tags={"dagster/asset_partition_range_start": str(day_key(ship, a)),
                           "dagster/asset_partition_range_end": str(day_key(ship, b - dt.timedelta(days=1))),
-                          "n2w/launched_by": "n2w export"},
-                    run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+                          "n2w/launched_by": "n2w export", "n2w/kind": "export"},
+                    run_config=dagster_console(),
                 )
             finally:
                 plog.removeHandler(handler)
             if not result.success:
                 raise SystemExit(f"n2w export: {ship} {a} .. {b}: {_failure(result)}")
             summary = _summary(result, ship)
-            progress.finish(task, 24 * (b - a).days, summary["rows"])
+            progress.finish(task, 24 * (b - a).days, summary["rows"],
+                            f"run {result.run_id[:8]} {ship} {a} .. {b}: {summary['rows']:,} wide rows")
             out.append(summary)
     return out
 

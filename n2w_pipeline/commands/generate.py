@@ -10,6 +10,7 @@ import psycopg
 
 from n2w_pipeline.channels import load_catalog
 from n2w_pipeline.commands._common import add_allow_external, parse_time, writable_source
+from n2w_pipeline.commands._progress import Bar
 from n2w_pipeline.config import Settings
 from n2w_pipeline.database import is_embedded
 from n2w_pipeline.generate import generate
@@ -35,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     p.add_argument("--missing-pct", type=int, default=5, help="missing samples, %% (default 5)")
     add_allow_external(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
@@ -46,9 +48,12 @@ def run(args: argparse.Namespace) -> int:
     end = start + dt.timedelta(hours=args.hours)
     t0 = time.perf_counter()
     url = writable_source(settings, "generate", args.allow_external)
+    bar = Bar()
+    step = None if args.quiet else (lambda done, total, rows: bar.draw(
+        done, total, "ship-days", f"{rows:,} rows  {rows / (time.perf_counter() - t0):,.0f} rows/s"))
     with psycopg.connect(url, autocommit=True) as conn:
         n = generate(conn, settings, catalog, ships, start, end, seed=args.seed,
-                     missing_pct=args.missing_pct, own_table=is_embedded(settings))
+                     missing_pct=args.missing_pct, own_table=is_embedded(settings), progress=step)
     secs = time.perf_counter() - t0
     print(f"generated {n:,} narrow rows for {len(ships)} ship(s), {start:%Y-%m-%d %H:%M} .. "
           f"{end:%Y-%m-%d %H:%M}, in {secs:.1f} s")

@@ -4,6 +4,7 @@
 import datetime as dt
 import logging
 import re
+import resource
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -85,7 +86,7 @@ def _metadata(group: ChannelGroup, settings: Settings, total: WindowStats, wall:
     worst = sorted(per_channel.items(), key=lambda kv: -kv[1])[:10]
     unknown_rows = sum(total.unknown.values())
     md: dict[str, Any] = {
-        "narrow_rows_read": total.narrow_rows,
+        "narrow_rows_read": dg.MetadataValue.int(total.narrow_rows),
         "wide_rows_written": rows,
         "rows_inserted": g.inserted if g else 0,
         "rows_updated": g.updated if g else 0,
@@ -101,6 +102,7 @@ def _metadata(group: ChannelGroup, settings: Settings, total: WindowStats, wall:
         "correction_values_applied": total.corrections,
         "narrow_rows_per_s": dg.MetadataValue.float(round(total.narrow_rows / wall, 1) if wall else 0.0),
         "seconds": dg.MetadataValue.float(round(wall, 3)),
+        "peak_rss_mb": dg.MetadataValue.float(peak_rss_mb()),
         "windows": dg.MetadataValue.json([list(w) for w in windows]),
         "tables": dg.MetadataValue.json(
             sorted({settings.table_name(ship, group.number) for ship, _, _ in windows})
@@ -112,6 +114,12 @@ def _metadata(group: ChannelGroup, settings: Settings, total: WindowStats, wall:
             + "\n".join(f"| `{ch}` | {n} |" for ch, n in worst)
         )
     return md
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, MB (the step's process: a run worker, a
+    Celery worker or the `n2w backfill` process; Linux reports ru_maxrss in kB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 _PROGRESS = re.compile(r": slice \d+/\d+, ([\d,.]+)/[\d,]+ ship-hours, ([\d,]+) narrow rows, ")
