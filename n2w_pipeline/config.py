@@ -187,6 +187,8 @@ class Settings:
     """N2W_STATE_DIR: embedded PostgreSQL data and Dagster local state."""
     slice_hours: int = 6
     """N2W_SLICE_HOURS: hours extracted, pivoted and written per transaction."""
+    pipeline_lanes: int | None = None
+    """N2W_PIPELINE_LANES: slices in flight per window; unset → materialize.PIPELINE_LANES (2)."""
     run_hours: int = 168
     """N2W_RUN_HOURS: partitions per backfill run (BackfillPolicy.multi_run)."""
     realtime: bool = True
@@ -322,7 +324,8 @@ class Settings:
                 raise SettingError(f"N2W_REALTIME_CURSOR_COLUMN must be id or server_created_time, got {v!r}")
             kw["realtime_cursor"] = v
         for name in ("slice_hours", "run_hours", "realtime_interval_seconds", "realtime_batch_rows",
-                     "correction_workers", "export_retries", "celery_visibility_timeout", "db_retries",
+                     "correction_workers", "pipeline_lanes", "export_retries", "celery_visibility_timeout",
+                     "db_retries",
                      "log_max_mb", "log_backups"):
             if (v := get(name.upper())) is not None:
                 kw[name] = _int(f"N2W_{name.upper()}", v)

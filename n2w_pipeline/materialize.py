@@ -282,7 +282,7 @@ def materialize_window(
     end: dt.datetime,
     groups: Sequence[ChannelGroup] | None = None,
     progress: Progress | None = None,
-    lanes: int = PIPELINE_LANES,
+    lanes: int | None = None,
     source_url: str | None = None,
 ) -> WindowStats:
     """Make the wide tables of ``ship`` for [start, end) equal the narrow rows (+ corrections).
@@ -291,15 +291,15 @@ def materialize_window(
     read from ``source_url`` (default: ``url``), e.g. a replica of the ingest database.
 
     Processes ``settings.slice_hours`` hours per transaction, ``lanes`` slices in flight
-    (see the module docstring), and calls ``progress(done, total, stats_so_far)`` after
-    each committed slice. On an error the failing slice rolls back, slices already
-    started finish (commit or roll back whole), no new slice starts, and the error is
-    raised.
+    (default: ``N2W_PIPELINE_LANES``, else ``PIPELINE_LANES``; see the module docstring), and
+    calls ``progress(done, total, stats_so_far)`` after each committed slice. On an error the
+    failing slice rolls back, slices already started finish (commit or roll back whole), no new
+    slice starts, and the error is raised.
     """
     groups = list(catalog.groups if groups is None else groups)
     codes = ChannelCodes.from_catalog(catalog)
     slices = window_slices(start, end, settings.slice_hours)
-    lanes = max(1, min(lanes, len(slices)))
+    lanes = max(1, min(lanes or settings.pipeline_lanes or PIPELINE_LANES, len(slices)))
     total = WindowStats(ship, start, end)
     t0 = time.perf_counter()
     with psycopg.connect(url, autocommit=True) as ddl:

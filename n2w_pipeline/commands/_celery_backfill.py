@@ -24,6 +24,7 @@ from n2w_pipeline.commands._common import (
     task_name,
 )
 from n2w_pipeline.config import Settings
+from n2w_pipeline.defs.alerts import run_error
 
 BACKFILL_TAG = "n2w/backfill"
 """Run tag: one id per `n2w backfill` command, so that its runs can be followed."""
@@ -85,23 +86,6 @@ def celery_run(run: Run, backfill_id: str) -> dict:
                 f"run {result.run_id} ({run[0]} {run[1]:%Y-%m-%d %H:%M}..{run[2]:%Y-%m-%d %H:%M}) "
                 f"failed: {run_error(instance, result.run_id)}")
     return run_summary(run, result, t0)
-
-
-def run_error(instance, run_id: str) -> str:  # noqa: ANN001 - dagster.DagsterInstance
-    """The innermost error a failed run recorded (step failure first), on one line, without
-    the stack traces (they are in the run's log)."""
-    import dagster as dg
-
-    for kind in (dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE):
-        for rec in instance.get_records_for_run(run_id, of_type=kind).records:
-            event = rec.event_log_entry.dagster_event
-            error = getattr(event.event_specific_data, "error", None) if event else None
-            text = rec.event_log_entry.user_message
-            while error is not None:  # the cause chain: the last one is where it started
-                text = error.message
-                error = error.cause or error.context
-            return " ".join(text.split("Stack Trace:")[0].split())[:500]
-    return "no failure recorded (see the run's log in the Dagster UI)"
 
 
 def _parallel(runs: Sequence[Run], parallel: int, backfill_id: str,
