@@ -38,8 +38,6 @@ def dagster_env(settings: Settings) -> dict[str, str]:
     Copies the project's dagster.yaml into ``<state_dir>/dagster_home`` and resolves the
     database URLs once, so child processes reuse the same (embedded) server.
     """
-    from n2w_pipeline.logs import log_dir
-
     home = (settings.state_dir / "dagster_home").resolve()
     home.mkdir(parents=True, exist_ok=True)
     write_instance_yaml(settings, home / "dagster.yaml")
@@ -51,7 +49,6 @@ def dagster_env(settings: Settings) -> dict[str, str]:
         "N2W_DATABASE_URL": database_url(settings),
         "N2W_STATE_DIR": str(settings.state_dir.resolve()),
         "N2W_COMPUTE_LOG_DIR": str(logs),
-        "N2W_LOG_DIR": str(log_dir(settings).resolve()),
         **BOOKKEEPING_ENV,
     }
     return env
