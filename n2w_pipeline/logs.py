@@ -28,6 +28,7 @@ import os
 import re
 import sys
 import threading
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -40,6 +41,9 @@ FLEET = "fleet"
 VERBOSE_ENV = "N2W_CLI_VERBOSE"
 """Set to 1 by `n2w --verbose` (inherited by the processes it spawns): Dagster's console on."""
 FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+
+# Dagster warns (BetaWarning) each time a run reads dagster.yaml's handler config: n2w's own config.
+warnings.filterwarnings("ignore", message="Handling yaml-defined logging configuration")
 
 _SHIP_WORD = re.compile(r"^[A-Za-z][\w.-]*$")
 _files: dict[Path, logging.Handler] = {}
