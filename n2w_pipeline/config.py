@@ -325,8 +325,7 @@ class Settings:
             kw["realtime_cursor"] = v
         for name in ("slice_hours", "run_hours", "realtime_interval_seconds", "realtime_batch_rows",
                      "correction_workers", "pipeline_lanes", "export_retries", "celery_visibility_timeout",
-                     "db_retries",
-                     "log_max_mb", "log_backups"):
+                     "db_retries", "log_max_mb", "log_backups"):
             if (v := get(name.upper())) is not None:
                 kw[name] = _int(f"N2W_{name.upper()}", v)
                 if kw[name] < 1:

@@ -134,9 +134,12 @@ class RunLogFiles(logging.Handler):
     """
 
     def __init__(self, level: int | str = logging.DEBUG, default_kind: str = "other") -> None:
+        from n2w_pipeline.dsn import MaskSecretsFilter
+
         super().__init__(level)
         self.default_kind = default_kind
         self.settings = _settings()
+        self.addFilter(MaskSecretsFilter())  # no password in a log file, whatever logs it
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.name.startswith("n2w.progress"):  # the bar's records: the run log has the line
