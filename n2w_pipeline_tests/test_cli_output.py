@@ -43,7 +43,7 @@ def test_backfill_terminal_shows_bar_runs_and_summary_only(settings, pg_url, tmp
                 slice_hours=1, run_hours=2)
     with dagster_database(pg_url) as dagster_url:
         env = cli_env(s, dagster_url)
-        gen = n2w(env, "generate", "--ships", "2", "--hours", "2")
+        gen = n2w(env, "generate", "--ships", "2", "--hours", "2", "--allow-external")
         assert_quiet(gen)
         assert gen.stdout.startswith("generated ") and "2/2 ship-days" in gen.stderr
 
