@@ -217,25 +217,46 @@ def label(r: dict) -> str:
 
 # ---------------------------------------------------------------- the decision
 
-def decide(results: list[dict], noise_floor_pct: float) -> dict:
-    """Best backfill and correction configurations within the run's noise."""
+QUIET_NOISE_PCT = 10.0
+"""Above this run-to-run noise a sweep is indicative only: no default changes on it."""
+
+
+def decide(results: list[dict], noise_floor_pct: float, defaults: dict) -> dict:
+    """What the sweep supports. The default configuration ran first and last: their
+    difference is the noise (at least ``noise_floor_pct``). A default stands while the default
+    configuration (the mean of its two runs) is within the noise of the fastest configuration;
+    otherwise the recommendation is, among the configurations within the noise of the fastest,
+    the one with the fewest data connections (2 per lane per run), then the least memory."""
     back = [r for r in results if r["kind"] == "backfill"]
     first, again = back[0], back[-1]
     noise = abs(first["rows_per_s"] - again["rows_per_s"]) / max(first["rows_per_s"], again["rows_per_s"])
     noise_pct = max(100 * noise, noise_floor_pct)
-    out = {"noise_pct": round(noise_pct, 1), "measured_noise_pct": round(100 * noise, 1)}
+    floor = 1 - noise_pct / 100
     cells = [r for r in back if not r.get("repeat")]
-    best = max(r["rows_per_s"] for r in cells)
-    near = [r for r in cells if r["rows_per_s"] >= best * (1 - noise_pct / 100)]
-    # fewest data connections (2 per lane per run), then least memory, then fastest
+    fastest = max(cells, key=lambda r: r["rows_per_s"])
+    near = [r for r in cells if r["rows_per_s"] >= fastest["rows_per_s"] * floor]
     pick = min(near, key=lambda r: (r["parallel"] * r["lanes"], r["peak_rss_mb"], -r["rows_per_s"]))
-    out["backfill_best"] = {k: pick[k] for k in ("slice", "parallel", "lanes", "rows_per_s")}
-    out["backfill_within_noise"] = [label(r) for r in near]
+    default_rate = (first["rows_per_s"] + again["rows_per_s"]) / 2
+    stands = default_rate >= fastest["rows_per_s"] * floor
+    keys = ("slice", "parallel", "lanes")
+    out = {
+        "noise_pct": round(noise_pct, 1), "measured_noise_pct": round(100 * noise, 1),
+        "quiet_enough": noise_pct <= QUIET_NOISE_PCT,
+        "fastest": {**{k: fastest[k] for k in keys}, "rows_per_s": fastest["rows_per_s"]},
+        "default": {**{k: first[k] for k in keys}, "rows_per_s": round(default_rate, 1)},
+        "default_within_noise": stands,
+        "backfill_within_noise": [label(r) for r in near],
+        "backfill_cheapest_within_noise": {k: pick[k] for k in keys},
+        "backfill_recommended": {k: (first if stands else pick)[k] for k in keys},
+    }
     corr = [r for r in results if r["kind"] == "corrections"]
     if corr:
         cbest = max(r["rows_per_s"] for r in corr)
-        cnear = [r for r in corr if r["rows_per_s"] >= cbest * (1 - noise_pct / 100)]
-        out["corrections_best"] = {"workers": min(r["workers"] for r in cnear), "rows_per_s": cbest}
+        mine = next((r for r in corr if r["workers"] == defaults["workers"]), None)
+        keep = mine is not None and mine["rows_per_s"] >= cbest * floor
+        cheapest = min(r["workers"] for r in corr if r["rows_per_s"] >= cbest * floor)
+        out["corrections_recommended"] = {"workers": defaults["workers"] if keep else cheapest,
+                                          "default_within_noise": keep}
     return out
 
 
@@ -245,25 +266,33 @@ def current_defaults() -> dict:
             "workers": s.correction_workers}
 
 
-def verdict(decision: dict) -> list[str]:
-    now, b = current_defaults(), decision["backfill_best"]
-    lines = [f"noise of this run: {decision['measured_noise_pct']} % (default configuration first vs last); "
-             f"'best' = within {decision['noise_pct']} % of the fastest"]
-    lines.append("backfill, best within noise: " + "; ".join(decision["backfill_within_noise"]))
+def verdict(decision: dict, defaults: dict) -> list[str]:
+    d, f = decision, decision["fastest"]
+    lines = [f"noise of this run: {d['measured_noise_pct']} % (the default configuration first vs last); "
+             f"'within noise' = within {d['noise_pct']} % of the fastest"]
+    if not d["quiet_enough"]:
+        lines.append(f"noise above {QUIET_NOISE_PCT:.0f} %: the machine was busy, figures are indicative "
+                     "only; re-run on a quiet machine before changing a default")
+    lines.append(f"fastest: {label({'kind': 'backfill', **f})} at {f['rows_per_s']:,.0f} rows/s; "
+                 "within noise: " + "; ".join(d["backfill_within_noise"]))
+    lines.append(f"default configuration: {d['default']['rows_per_s']:,.0f} rows/s (mean of its two runs), "
+                 + ("within noise of the fastest: the defaults stand" if d["default_within_noise"]
+                    else "outside the noise of the fastest: the cheapest configuration within noise "
+                    "is recommended"))
+    rec = d["backfill_recommended"]
     for key, name in (("slice", "N2W_SLICE_HOURS"), ("lanes", "PIPELINE_LANES"), ("parallel", "--parallel")):
-        same = b[key] == now[key]
-        lines.append(f"  {name}: default {now[key]} -> sweep picks {b[key]}"
-                     + (" (supported)" if same else " (would change)"))
-    if "corrections_best" in decision:
-        w = decision["corrections_best"]["workers"]
-        lines.append(f"  N2W_CORRECTION_WORKERS: default {now['workers']} -> sweep picks {w}"
-                     + (" (supported)" if w == now["workers"] else " (would change)"))
+        lines.append(f"  {name}: default {defaults[key]} -> {rec[key]}"
+                     + (" (supported)" if rec[key] == defaults[key] else " (would change)"))
+    if "corrections_recommended" in d:
+        w = d["corrections_recommended"]["workers"]
+        lines.append(f"  N2W_CORRECTION_WORKERS: default {defaults['workers']} -> {w}"
+                     + (" (supported)" if w == defaults["workers"] else " (would change)"))
     return lines
 
 
 # ---------------------------------------------------------------- outputs
 
-def markdown(results: list[dict], decision: dict, meta: dict) -> str:
+def markdown(results: list[dict], decision: dict, meta: dict, defaults: dict) -> str:
     best = max(r["rows_per_s"] for r in results if r["kind"] == "backfill")
     lines = [f"Sweep of {meta['time']}: {meta['data']}; {meta['machine']}.", "",
              "| configuration | rows/s | × best | wall s | peak RSS MB | client CPU s | server CPU s |",
@@ -273,16 +302,17 @@ def markdown(results: list[dict], decision: dict, meta: dict) -> str:
         srv = "" if r["server_cpu_s"] is None else f"{r['server_cpu_s']:.1f}"
         lines.append(f"| {label(r)} | {r['rows_per_s']:,.0f} | {rel} | {r['seconds']:.1f} | "
                      f"{r['peak_rss_mb']:.0f} | {r['client_cpu_s']:.1f} | {srv} |")
-    lines += ["", *verdict(decision)]
+    lines += ["", *verdict(decision, defaults)]
     return "\n".join(lines) + "\n"
 
 
-def charts(results: list[dict], stem: Path) -> list[Path]:
+def charts(results: list[dict], stem: Path, decision: dict | None = None) -> list[Path]:
     """rows/s and peak RSS per configuration, as two PNGs (matplotlib, no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     cells = [r for r in results if not r.get("repeat")]
     back = [r for r in cells if r["kind"] == "backfill"]
@@ -303,8 +333,15 @@ def charts(results: list[dict], stem: Path) -> list[Path]:
         ax.set_xticks([i + width * (len(combos) - 1) / 2 for i in range(len(slices))],
                       [f"slice {s} h" for s in slices])
         ax.set_ylabel(unit)
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
         ax.set_title(f"n2w backfill: {title.lower()}")
-        ax.legend(fontsize=8)
+        if decision and field == "rows_per_s":
+            floor = decision["fastest"]["rows_per_s"] * (1 - decision["noise_pct"] / 100)
+            ax.axhline(floor, color="black", linestyle="--", linewidth=1,
+                       label=f"within noise of the fastest ({decision['noise_pct']:.0f} %)")
+            ax.axhline(decision["default"]["rows_per_s"], color="tab:blue", linestyle=":", linewidth=1.5,
+                       label="the defaults (mean of 2 runs)")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncols=4)
         ax.grid(axis="y", alpha=0.3)
         ax2 = axes[1]
         ax2.bar([str(r["workers"]) for r in corr], [r[field] for r in corr], color="tab:gray")
@@ -317,6 +354,26 @@ def charts(results: list[dict], stem: Path) -> list[Path]:
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def write_outputs(results: list[dict], meta: dict, defaults: dict, stem: Path, noise_pct: float) -> None:
+    """JSON, markdown table and charts of a sweep; prints the table and the decision."""
+    decision = decide(results, noise_pct, defaults)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"meta": meta, "decision": decision, "defaults": defaults, "configurations": results}
+    stem.with_suffix(".json").write_text(json.dumps(doc, indent=2))
+    table = markdown(results, decision, meta, defaults)
+    stem.with_suffix(".md").write_text(table)
+    pngs = charts(results, stem, decision)
+    print()
+    print(table)
+    print("wrote " + ", ".join(str(x) for x in [stem.with_suffix(".json"), stem.with_suffix(".md"), *pngs]))
+
+
+def render(path: Path, out: Path, noise_pct: float) -> None:
+    """The outputs of a sweep JSON again (e.g. after a change of the decision rule), into ``out``."""
+    doc = json.loads(path.read_text())
+    write_outputs(doc["configurations"], doc["meta"], doc["defaults"], out / path.stem, noise_pct)
 
 
 def ensure_data(url: str, s: Settings, hours: int) -> int:
@@ -353,10 +410,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hours", type=int, help="hours per ship (default 12; quick 4)")
     p.add_argument("--noise-pct", type=float, default=5.0,
                    help="least difference that counts as real, %% (default 5; more if the run measured more)")
+    p.add_argument("--render", type=Path, metavar="JSON",
+                   help="measure nothing: write the table, charts and decision of an earlier sweep's "
+                   "JSON again")
     p.add_argument("--cell", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.cell:
         child(json.loads(args.cell))
+        return 0
+    if args.render:
+        render(args.render, args.out, args.noise_pct)
         return 0
     grid = dict(QUICK if args.quick else FULL)
     grid["ships"] = args.ships or grid["ships"]
@@ -381,22 +444,12 @@ def main(argv: list[str] | None = None) -> int:
         results = run_grid(url, base, grid, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    decision = decide(results, args.noise_pct)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     data = f"{grid['ships']} ship(s) x {grid['hours']} h, runs of {grid['run_hours']} h"
     meta = {"time": stamp, "data": data,
             "machine": f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end",
             "quick": args.quick, "grid": grid}
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"sweep-{stamp}"
-    doc = {"meta": meta, "decision": decision, "defaults": current_defaults(), "configurations": results}
-    stem.with_suffix(".json").write_text(json.dumps(doc, indent=2))
-    table = markdown(results, decision, meta)
-    stem.with_suffix(".md").write_text(table)
-    pngs = charts(results, stem)
-    print()
-    print(table)
-    print("wrote " + ", ".join(str(x) for x in [stem.with_suffix(".json"), stem.with_suffix(".md"), *pngs]))
+    write_outputs(results, meta, current_defaults(), args.out / f"sweep-{stamp}", args.noise_pct)
     return 0
 
 

@@ -182,11 +182,11 @@ class Settings:
     csv_time_offset_hours: float = 0.0
     """N2W_CSV_TIME_OFFSET_HOURS: added to CSV timestamps to reach created_time's clock."""
     correction_workers: int = 2
-    """N2W_CORRECTION_WORKERS: connections a large correction file is written on side by side."""
+    """N2W_CORRECTION_WORKERS: connections a large correction file is written on side by side (2: sweep)."""
     state_dir: Path = Path(".n2w")
     """N2W_STATE_DIR: embedded PostgreSQL data and Dagster local state."""
     slice_hours: int = 6
-    """N2W_SLICE_HOURS: hours extracted, pivoted and written per transaction."""
+    """N2W_SLICE_HOURS: hours extracted, pivoted and written per transaction (6: `n2w bench sweep`)."""
     pipeline_lanes: int | None = None
     """N2W_PIPELINE_LANES: slices in flight per window; unset → materialize.PIPELINE_LANES (2)."""
     run_hours: int = 168

@@ -47,7 +47,10 @@ from n2w_pipeline.write import (
 )
 
 PIPELINE_LANES = 2
-"""Slices in flight per window (one extracting while the other pivots and writes)."""
+"""Slices in flight per window (one extracting while the other pivots and writes). This default,
+N2W_SLICE_HOURS (6), `n2w backfill --parallel` (1) and N2W_CORRECTION_WORKERS (2) follow from
+`n2w bench sweep`: each was within the noise of the fastest configuration of its grid
+(docs/operations.md#throughput-sweep; the sweep of 2026-12-02 ran on a busy machine)."""
 
 UNKNOWN_GROUP = 0
 

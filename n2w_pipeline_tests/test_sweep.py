@@ -39,7 +39,7 @@ def test_quick_sweep_writes_json_table_and_charts(settings, pg_url, tmp_path: Pa
     for c in configs:
         assert c["rows_per_s"] > 0 and c["seconds"] > 0 and c["peak_rss_mb"] > 0 and c["client_cpu_s"] > 0
     assert all(c["rows"] == narrow for c in configs if c["kind"] == "backfill")  # every narrow row, each time
-    assert doc["decision"]["backfill_best"]["slice"] == 1
+    assert doc["decision"]["backfill_recommended"] == {"slice": 1, "parallel": 1, "lanes": 2}
     pngs = sorted(out.glob("sweep-*.png"))
     assert [p.name.rsplit("-", 1)[1] for p in pngs] == ["rows_per_s.png", "rss.png"]
     for p in pngs:

@@ -31,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="runs in N worker processes at once (default 1; with N2W_EXECUTOR=celery "
                    "the pool limit, and each run's step executes on a Celery worker started with "
                    "`n2w worker`; always capped by the pool limit of `n2w_database` in "
-                   "dagster.yaml). Two on a 2-core machine.")
+                   "dagster.yaml). The default 1 follows from `n2w bench sweep` "
+                   "(docs/operations.md#throughput-sweep).")
     p.add_argument("--all", action="store_true", dest="redo",
                    help="run every partition of the window, also those already materialised "
                    "(default: skip them, so re-running an interrupted backfill resumes it)")
