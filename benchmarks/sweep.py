@@ -180,7 +180,8 @@ def run_grid(url: str, base: Settings, grid: dict, tmp: Path) -> list[dict]:
     postmaster = server_process(url)
     cells = backfill_cells(grid)
     catalog = load_catalog(base.channel_lists_dir)
-    path = write_file(tmp, pick_channels(catalog, 60), grid["corr_rows"], 2.0, 1)
+    channels = pick_channels(catalog, min(60, len(catalog.all_channels)))
+    path = write_file(tmp, channels, grid["corr_rows"], 2.0, 1)
     cells += [{"kind": "corrections", "workers": w, "corr_rows": grid["corr_rows"], "file": str(path),
                "folder": str(tmp), "repeat": False} for w in grid["workers"]]
     results = []
