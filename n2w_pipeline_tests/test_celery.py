@@ -431,3 +431,34 @@ def test_broker_down_at_start_is_one_clear_line(cluster, monkeypatch, capsys):
         assert "N2W_CELERY_BROKER" in message and "not reachable" in message and "127.0.0.1" in message
         assert "secret" not in message
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_failed_celery_run_prints_one_line_and_no_dagster_log(cluster):
+    """`n2w backfill` whose run fails on a worker (a trigger rejects the rows): the terminal
+    shows n2w's one-line reason and how to resume, no stack trace and no Dagster log line."""
+    from n2w_pipeline.materialize import prepare_tables
+
+    cl = cluster
+    cl.ensure_running()
+    s, ship = cl.settings, SHIPS[1]
+    start, end = H0 + 4 * HOUR, H0 + 6 * HOUR
+    table = sql.Identifier(s.target_schema, s.table_name(ship, cl.catalog.groups[0].number))
+    fn = sql.Identifier(s.target_schema, "n2w_test_reject_celery")
+    with psycopg.connect(s.database_url, autocommit=True) as conn:
+        prepare_tables(conn, s, cl.catalog.groups, [ship], (start, end))
+        conn.execute(sql.SQL("CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS "
+                             "$$BEGIN RAISE EXCEPTION 'simulated failure'; END$$").format(fn))
+        conn.execute(sql.SQL("CREATE TRIGGER reject_celery BEFORE INSERT ON {} FOR EACH ROW "
+                             "WHEN (NEW.created_time >= {}) EXECUTE FUNCTION {}()").format(
+            table, sql.Literal(start), fn))
+    try:
+        out = subprocess.run([sys.executable, "-m", "n2w_pipeline.cli", "backfill", "--ship", ship, "--start",
+                              start.isoformat(), "--end", end.isoformat()], env={**os.environ, **cl.env},
+                             capture_output=True, text=True, cwd=cl.folder, timeout=VISIBILITY_TIMEOUT + 120)
+    finally:
+        with psycopg.connect(s.database_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP TRIGGER IF EXISTS reject_celery ON {}").format(table))
+    assert out.returncode == 1, out.stderr[-3000:]
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip() and not ln.startswith("[")]  # minus the bar
+    assert "Traceback" not in out.stderr and " - dagster - " not in out.stderr, out.stderr[-3000:]
+    assert len(lines) == 2 and "simulated failure" in lines[0] and "resume" in lines[1], lines
