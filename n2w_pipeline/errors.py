@@ -60,7 +60,7 @@ def _kind(e: BaseException) -> str | None:
     name = type(e).__name__
     module = type(e).__module__
     if name in ("SettingError", "PoolingModeError", "CommandError", "CorrectionFileError",
-                "UnsafePartitionKey", "BrokerDown", "SourceNotWritable", "ChannelListError"):
+                "BrokerDown", "ChannelListError", "RetriesExhausted", "WritersNotVisible"):
         return "as_is"
     if name == "DagsterPostgresException":
         return "instance_down"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -36,6 +37,7 @@ from n2w_pipeline.config import Settings
 from n2w_pipeline.extract import NarrowReader
 from n2w_pipeline.hours import HOUR_US, from_hour_number, window_slices
 from n2w_pipeline.pivot import ChannelCodes, WideBlock, pivot_coded, resolve_values
+from n2w_pipeline.retries import with_retries
 from n2w_pipeline.write import (
     VALUE_ISSUES,
     WriteResult,
@@ -287,6 +289,7 @@ def materialize_window(
     progress: Progress | None = None,
     lanes: int | None = None,
     source_url: str | None = None,
+    log: logging.Logger | None = None,
 ) -> WindowStats:
     """Make the wide tables of ``ship`` for [start, end) equal the narrow rows (+ corrections).
 
@@ -295,8 +298,12 @@ def materialize_window(
 
     Processes ``settings.slice_hours`` hours per transaction, ``lanes`` slices in flight
     (default: ``N2W_PIPELINE_LANES``, else ``PIPELINE_LANES``; see the module docstring), and
-    calls ``progress(done, total, stats_so_far)`` after each committed slice. On an error the
-    failing slice rolls back, slices already started finish (commit or roll back whole), no new
+    calls ``progress(done, total, stats_so_far)`` after each committed slice. A transient
+    database error (``retries.py``: a lost connection, a server restart, a deadlock, …) rolls
+    the slice back and runs it again on new connections, up to ``N2W_DB_RETRIES`` times with
+    backoff and jitter (each attempt logged on ``log``), then fails it with one line
+    (``RetriesExhausted``). On an error the failing slice rolls back, slices already started
+    finish (commit or roll back whole), no new
     slice starts, and the error is raised.
     """
     groups = list(catalog.groups if groups is None else groups)
@@ -305,37 +312,49 @@ def materialize_window(
     lanes = max(1, min(lanes or settings.pipeline_lanes or PIPELINE_LANES, len(slices)))
     total = WindowStats(ship, start, end)
     t0 = time.perf_counter()
-    with psycopg.connect(url, autocommit=True) as ddl:
-        prepare_tables(ddl, settings, groups, [ship], (start, end))
-    writers: list[psycopg.Connection] = []
-    readers: list[NarrowReader] = []
+    where = f"{ship} {start:%Y-%m-%d %H:%M}..{end:%Y-%m-%d %H:%M}"
+
+    def prepare() -> None:
+        with psycopg.connect(url, autocommit=True) as ddl:
+            prepare_tables(ddl, settings, groups, [ship], (start, end))
+
+    with_retries(settings, f"{where}: preparing the tables", prepare, log)
+    pool_of_lanes = [_Lane(url, source_url or url, settings, codes.channels) for _ in range(lanes)]
     try:
-        writers = [psycopg.connect(url) for _ in range(lanes)]
-        readers = [NarrowReader(source_url or url, settings, codes.channels) for _ in range(lanes)]
-        # one (writer, reader) pair per lane
-        free: list[tuple[psycopg.Connection, NarrowReader]] = list(zip(writers, readers, strict=True))
+        free = list(pool_of_lanes)
         free_lock = threading.Lock()
         failed = threading.Event()
 
-        def run_slice(s: dt.datetime, e: dt.datetime) -> WindowStats:
-            if failed.is_set():
+        def attempt(lane: _Lane, s: dt.datetime, e: dt.datetime) -> WindowStats:
+            if failed.is_set():  # another slice failed for good: the window fails anyway
                 raise _Skipped()
-            t_slice = time.perf_counter()
-            with free_lock:
-                conn, reader = free.pop()
+            conn, reader = lane.open()
             try:
                 lock_hours(conn, ship, s, e)  # opens the slice's transaction
                 narrow = reader.read(ship, s, e)
                 stats = _slice_body(conn, narrow, settings, codes, groups, ship, s, e)
                 conn.commit()
             except BaseException:
-                failed.set()
                 with contextlib.suppress(psycopg.Error):  # broken: the server rolled back
                     conn.rollback()
                 raise
+            return stats
+
+        def run_slice(s: dt.datetime, e: dt.datetime) -> WindowStats:
+            if failed.is_set():
+                raise _Skipped()
+            t_slice = time.perf_counter()
+            with free_lock:
+                lane = free.pop()
+            try:  # a transient error: the slice again, on new connections (see retries.py)
+                stats = with_retries(settings, f"{ship} slice {s:%Y-%m-%d %H:%M}..{e:%H:%M}",
+                                     lambda: attempt(lane, s, e), log, on_retry=lambda _: lane.drop())
+            except BaseException:
+                failed.set()
+                raise
             finally:
                 with free_lock:
-                    free.append((conn, reader))
+                    free.append(lane)
             stats.seconds = time.perf_counter() - t_slice
             return stats
 
@@ -352,12 +371,38 @@ def materialize_window(
             finished, pending = wait(pending)
             _collect(finished, total, done_count, len(slices), progress)
     finally:
-        for w in writers:
-            w.close()
-        for r in readers:
-            r.close()
+        for lane in pool_of_lanes:
+            lane.drop()
     total.seconds = time.perf_counter() - t0
     return total
+
+
+class _Lane:
+    """One lane's connections, a writer on the data database and a reader on the source:
+    opened on first use, dropped after a transient error and opened again by the next
+    attempt (a broken connection stays broken)."""
+
+    def __init__(self, url: str, source_url: str, settings: Settings, channels: Sequence[str]) -> None:
+        self.args = (url, source_url, settings, channels)
+        self.conn: psycopg.Connection | None = None
+        self.reader: NarrowReader | None = None
+
+    def open(self) -> tuple[psycopg.Connection, NarrowReader]:
+        url, source_url, settings, channels = self.args
+        if self.conn is None or self.conn.closed:
+            self.conn = psycopg.connect(url)
+        if self.reader is None:
+            self.reader = NarrowReader(source_url, settings, channels)
+        return self.conn, self.reader
+
+    def drop(self) -> None:
+        conn, reader, self.conn, self.reader = self.conn, self.reader, None, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+        if reader is not None:
+            with contextlib.suppress(Exception):
+                reader.close()
 
 
 class _Skipped(Exception):

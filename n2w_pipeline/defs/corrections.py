@@ -11,6 +11,7 @@ file whose content is rejected fails its own run with a message naming file, lin
 reason.
 """
 
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -30,6 +31,7 @@ from n2w_pipeline.corrections import (
 )
 from n2w_pipeline.defs.resources import N2WDatabase
 from n2w_pipeline.instance import DB_POOL
+from n2w_pipeline.retries import with_retries
 
 CORRECTIONS_GROUP = "corrections"
 correction_files = dg.DynamicPartitionsDefinition(name="correction_files")
@@ -108,11 +110,17 @@ def build_correction_asset(settings: Settings, catalog: ChannelCatalog) -> dg.As
         A dry run records an observation with the same numbers and no materialisation.
         """
         url = n2w_db.resolve_url(settings)
+
+        def apply(path: Path) -> FileReport:
+            with psycopg.connect(url, autocommit=True) as conn:
+                return apply_file(conn, settings, catalog, path, dry_run=config.dry_run,
+                                  connect=lambda: psycopg.connect(url, autocommit=True))
+
         try:
             path = key_path(settings, context.partition_key)  # a key typed in the UI: checked
-            with psycopg.connect(url, autocommit=True) as conn:
-                report = apply_file(conn, settings, catalog, path, dry_run=config.dry_run,
-                                    connect=lambda: psycopg.connect(url, autocommit=True))
+            # a transient database error: the file again (idempotent), on new connections
+            report = with_retries(settings, f"correction file {context.partition_key}",
+                                  lambda: apply(path), context.log)
         except CorrectionFileError as e:
             raise dg.Failure(description=f"rejected: {e}", metadata={"file": context.partition_key},
                              allow_retries=False) from None

@@ -18,6 +18,7 @@ from n2w_pipeline.defs.partitions import ship_windows, wide_partitions
 from n2w_pipeline.defs.resources import N2WDatabase
 from n2w_pipeline.instance import DB_POOL
 from n2w_pipeline.materialize import WindowStats, materialize_window
+from n2w_pipeline.retries import with_retries
 
 WIDE_GROUP = "wide_tables"
 progress_log = logging.getLogger("n2w.progress")  # drawn as a bar by `n2w backfill`
@@ -203,7 +204,10 @@ def build_wide_assets(settings: Settings, catalog: ChannelCatalog) -> dg.AssetsD
 
         Reads each ship's hours in slices of N2W_SLICE_HOURS through COPY/Arrow, pivots in
         Polars and upserts each slice in one transaction under per-hour locks, so any
-        re-run, range run or concurrent run of the same hours leaves the same tables.
+        re-run, range run or concurrent run of the same hours leaves the same tables. A
+        slice that meets a transient database error (lost connection, server restart,
+        deadlock, …) is rolled back and done again on new connections, with backoff and
+        jitter, up to N2W_DB_RETRIES times.
         Then the asset checks (n2w_pipeline.checks) compare exactly these windows of the wide tables
         with the narrow rows the run read (the on-demand check job counts the narrow table).
         """
@@ -224,7 +228,7 @@ def build_wide_assets(settings: Settings, catalog: ChannelCatalog) -> dg.AssetsD
         for ship, start, end in windows:
             stats = materialize_window(
                 url, settings, catalog, ship, start, end, groups, reporter.for_window(ship, start, end),
-                source_url=source,
+                source_url=source, log=context.log,
             )
             reporter.window_done(stats, start, end)
             if total is None:
@@ -244,7 +248,8 @@ def build_wide_assets(settings: Settings, catalog: ChannelCatalog) -> dg.AssetsD
                 asset_key=wide_asset_key(g),
                 metadata=_metadata(g, settings, total, wall, window_list),
             )
-        yield from run_check_results(context, url, settings, groups, windows, total.narrow_hours,
-                                     source_url=source)
+        checks = with_retries(settings, "asset checks", lambda: list(run_check_results(  # read-only
+            context, url, settings, groups, windows, total.narrow_hours, source_url=source)), context.log)
+        yield from checks
 
     return narrow_to_wide
