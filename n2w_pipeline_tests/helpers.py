@@ -105,12 +105,14 @@ def run_wide(
     last: str | None = None,
     instance: dg.DagsterInstance | None = None,
     selection: Sequence[str] | None = None,
+    tags: dict[str, str] | None = None,
+    raise_on_error: bool = True,
 ) -> dg.ExecuteInProcessResult:
     """Materialise the wide assets for one partition or a key range, for real."""
     assets = build_wide_assets(settings, catalog)
-    tags = {}
+    tags = dict(tags or {})
     if first is not None:
-        tags = {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
+        tags |= {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
 
     def go(inst: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
         return dg.materialize(
@@ -120,6 +122,7 @@ def run_wide(
             tags=tags,
             resources={"n2w_db": N2WDatabase(url=settings.database_url)},
             selection=list(selection) if selection else None,
+            raise_on_error=raise_on_error,
         )
 
     if instance is not None:

@@ -25,6 +25,8 @@ late row is lost). Choices made here:
 
 import contextlib
 import datetime as dt
+import time
+from dataclasses import replace
 
 import dagster as dg
 import psycopg
@@ -34,13 +36,19 @@ from n2w_pipeline.defs.executor import IN_PROCESS_CONFIG, step_run_config
 from n2w_pipeline.defs.partitions import partition_key, split_key, wide_partitions
 from n2w_pipeline.defs.resources import N2WDatabase
 from n2w_pipeline.realtime import (
+    Cursor,
+    PlannedRun,
     RunGroup,
+    TickPlan,
     arrival,
     arrival_index_problem,
     describe_runs,
     group_runs,
     tick,
 )
+from n2w_pipeline.realtime.cursor import part_key, split_part
+from n2w_pipeline.realtime.owed import RunOutcome, due, epoch, requested, update_owed
+from n2w_pipeline.realtime.owed import describe as describe_owed
 from n2w_pipeline.realtime.writers import WritersNotVisible
 
 SENSOR_NAME = "narrow_realtime"
@@ -74,6 +82,19 @@ def run_request(group: RunGroup, wide: dg.AssetsDefinition, run_config: dict | N
     )
 
 
+def run_parts(tags: dict[str, str], partitions: dg.MultiPartitionsDefinition,
+              ships: list[str]) -> set[tuple[str, dt.datetime]]:
+    """(ship, hour) of every partition a run materialises, from its partition tags."""
+    first = tags.get("dagster/asset_partition_range_start") or tags.get("dagster/partition")
+    last = tags.get("dagster/asset_partition_range_end") or first
+    if not first or not last:
+        return set()
+    (a, hour), (b, _) = split_key(partitions, first), split_key(partitions, last)
+    if a not in ships or b not in ships:
+        return set()
+    return {(s, hour) for s in ships[ships.index(a): ships.index(b) + 1]}
+
+
 def _queued(instance: dg.DagsterInstance, settings: Settings) -> set[tuple[str, dt.datetime]]:
     """(ship, hour) of every partition a queued realtime run will materialise."""
     queued = dg.RunsFilter(statuses=[dg.DagsterRunStatus.QUEUED], tags={"dagster/sensor_name": SENSOR_NAME})
@@ -81,14 +102,62 @@ def _queued(instance: dg.DagsterInstance, settings: Settings) -> set[tuple[str, 
     ships = list(settings.ships)
     out: set[tuple[str, dt.datetime]] = set()
     for run in instance.get_runs(filters=queued):
-        first = run.tags.get("dagster/asset_partition_range_start") or run.tags.get("dagster/partition")
-        last = run.tags.get("dagster/asset_partition_range_end") or first
-        if not first or not last:
-            continue
-        (a, hour), (b, _) = split_key(partitions, first), split_key(partitions, last)
-        if a in ships and b in ships:
-            out |= {(s, hour) for s in ships[ships.index(a): ships.index(b) + 1]}
+        out |= run_parts(run.tags, partitions, ships)
     return out
+
+
+_STATUS = {
+    dg.DagsterRunStatus.FAILURE: "failure", dg.DagsterRunStatus.CANCELED: "canceled",
+    dg.DagsterRunStatus.SUCCESS: "success", dg.DagsterRunStatus.QUEUED: "queued",
+    dg.DagsterRunStatus.NOT_STARTED: "queued", dg.DagsterRunStatus.STARTING: "starting",
+    dg.DagsterRunStatus.STARTED: "started", dg.DagsterRunStatus.CANCELING: "started",
+}
+LOOK_BACK_SECONDS = 24 * 3600.0
+"""On its first tick with this bookkeeping, the sensor looks this far back for failed runs."""
+
+
+def run_outcomes(
+    instance: dg.DagsterInstance, settings: Settings, cursor: Cursor, now: float
+) -> list[RunOutcome]:
+    """The sensor's runs that matter for ``owed``: updated since the cursor last looked (or
+    since the oldest owed failure), and every one still queued or running."""
+    since = min([cursor.checked or now - LOOK_BACK_SECONDS, *(o.since for o in cursor.owed.values())])
+    tags = {"dagster/sensor_name": SENSOR_NAME}
+    records = {r.dagster_run.run_id: r for r in instance.get_run_records(
+        dg.RunsFilter(tags=tags, updated_after=dt.datetime.fromtimestamp(since, dt.UTC)), limit=2000)}
+    flying = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+              dg.DagsterRunStatus.STARTED]
+    records |= {r.dagster_run.run_id: r for r in instance.get_run_records(
+        dg.RunsFilter(tags=tags, statuses=flying), limit=2000)}
+    partitions = wide_partitions(settings)
+    ships = list(settings.ships)
+    out = []
+    for r in records.values():
+        status = _STATUS.get(r.dagster_run.status)
+        parts = frozenset(part_key(s, h) for s, h in run_parts(r.dagster_run.tags, partitions, ships))
+        if status and parts:
+            out.append(RunOutcome(parts, status, epoch(r.create_timestamp) or 0.0, epoch(r.start_time),
+                                  epoch(r.update_timestamp) or 0.0))
+    return out
+
+
+def settle_owed(context: dg.SensorEvaluationContext, settings: Settings, plan: TickPlan, now: float) -> None:
+    """Failed or cancelled realtime runs: their partitions owed in the cursor and requested
+    again with backoff until a run covering them succeeds (``realtime/owed.py``)."""
+    cursor = plan.cursor
+    outcomes = run_outcomes(context.instance, settings, cursor, now)
+    owed, checked, lines = update_owed(cursor.owed, outcomes, cursor.checked, now,
+                                       settings.realtime_retry_seconds)
+    owed = {p: o for p, o in owed.items() if split_part(p)[0] in settings.ships}
+    for line in lines:
+        context.log.warning(line)
+    again = due(owed, outcomes, now)
+    plan.runs += [PlannedRun(*split_part(p), f"retry:{p}:{owed[p].since:.3f}:{owed[p].attempts}", 0, "retry")
+                  for p in again if not any((r.ship, r.hour) == split_part(p) for r in plan.runs)]
+    owed = requested(owed, again, now)
+    plan.cursor = replace(cursor, owed=owed, checked=checked)
+    if owed:
+        plan.notes.append(describe_owed(owed, now))
 
 
 def build_realtime_sensor(settings: Settings, wide: dg.AssetsDefinition) -> dg.SensorDefinition:
@@ -126,6 +195,7 @@ def build_realtime_sensor(settings: Settings, wide: dg.AssetsDefinition) -> dg.S
             except WritersNotVisible as e:  # never settle a range without seeing the writers
                 context.log.warning(str(e))
                 return dg.SensorResult(skip_reason=str(e), cursor=context.cursor)
+        settle_owed(context, settings, plan, time.time())
         cursor = plan.cursor.to_json(arr)
         for warning in plan.warnings:
             context.log.warning(warning)

@@ -108,7 +108,7 @@ class Cursor:
                 "deferred": {k: list(v) for k, v in sorted(self.deferred.items())},
                 "skipped": dict(sorted(self.skipped.items())),
                 "owed": {k: v.dump() for k, v in sorted(self.owed.items())},
-                "checked": round(self.checked, 3),
+                "checked": self.checked,
             },
             sort_keys=True,
             separators=(",", ":"),

@@ -32,7 +32,8 @@ class PlannedRun:
     hour: dt.datetime
     run_key: str
     rows: int  # narrow rows that triggered it (new, late or deferred)
-    reason: str  # "new" (batch), "late" (a pending range filled in), "deferred" (hour now exists)
+    reason: str  # "new" (batch), "late" (a pending range filled in), "deferred" (hour now exists),
+    # "retry" (its last run failed or was cancelled: owed.py)
 
 
 @dataclass
@@ -263,7 +264,7 @@ class RunGroup:
     ships: tuple[str, ...]  # the whole range, first..last
     triggered: tuple[str, ...]  # ships with new/late/deferred rows
     rows: int
-    reason: str  # new | late | deferred (the first that applies)
+    reason: str  # new | late | deferred | retry (the first that applies)
     run_key: str
 
 
@@ -278,7 +279,7 @@ def group_runs(runs: Sequence[PlannedRun], ships: Sequence[str]) -> list[RunGrou
         rs = sorted(by_hour[hour], key=lambda r: order[r.ship])
         span = tuple(ships[order[rs[0].ship]: order[rs[-1].ship] + 1])
         reasons = {r.reason for r in rs}
-        reason = next(x for x in ("new", "late", "deferred") if x in reasons)
+        reason = next(x for x in ("new", "late", "deferred", "retry") if x in reasons)
         digest = hashlib.sha1("|".join(r.run_key for r in rs).encode()).hexdigest()[:16]
         key = f"rt:{hour:%Y-%m-%dT%H:%M}:{span[0]}..{span[-1]}:{digest}"
         out.append(RunGroup(hour, span, tuple(r.ship for r in rs), sum(r.rows for r in rs), reason, key))

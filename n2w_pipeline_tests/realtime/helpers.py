@@ -76,10 +76,13 @@ class Sensor:
             out += [hour_key(s, hour) for s in ships[ships.index(a): ships.index(b) + 1]]
         return out
 
-    def execute(self, r: dg.RunRequest, catalog: ChannelCatalog) -> bool:
-        """Run what the request asks for, for real (partition or range tags)."""
+    def execute(self, r: dg.RunRequest, catalog: ChannelCatalog, raise_on_error: bool = True) -> bool:
+        """Run what the request asks for, for real (partition or range tags), tagged as the
+        daemon tags a sensor's run (the sensor looks at its runs' outcomes)."""
+        tags = {**r.tags, "dagster/sensor_name": SENSOR_NAME, "dagster/run_key": r.run_key or ""}
         if r.partition_key is not None:
-            return run_wide(self.settings, catalog, partition_key=r.partition_key,
-                            instance=self.instance).success
+            return run_wide(self.settings, catalog, partition_key=r.partition_key, instance=self.instance,
+                            tags=tags, raise_on_error=raise_on_error).success
         return run_wide(self.settings, catalog, first=r.tags["dagster/asset_partition_range_start"],
-                        last=r.tags["dagster/asset_partition_range_end"], instance=self.instance).success
+                        last=r.tags["dagster/asset_partition_range_end"], instance=self.instance,
+                        tags=tags, raise_on_error=raise_on_error).success
