@@ -278,18 +278,26 @@ def _materialize_run(settings: Settings, run: Run, url: str) -> dict:
     from n2w_pipeline.defs.resources import N2WDatabase
     from n2w_pipeline.defs.wide_assets import build_wide_assets
     from n2w_pipeline.logs import dagster_console
+    from n2w_pipeline.retries import with_retries
 
     assets = build_wide_assets(settings, load_catalog(settings.channel_lists_dir))
     t0 = time.perf_counter()
-    with dg.DagsterInstance.get() as instance:
-        result = dg.materialize(
-            [assets],
-            instance=instance,
-            resources={"n2w_db": N2WDatabase(url=url, source_url=settings.source_url)},
-            tags=run_tags(run),
-            raise_on_error=True,
-            run_config=dagster_console(),
-        )
+
+    def once():  # noqa: ANN202 - a Dagster execution result
+        with dg.DagsterInstance.get() as instance:
+            return dg.materialize(
+                [assets],
+                instance=instance,
+                resources={"n2w_db": N2WDatabase(url=url, source_url=settings.source_url)},
+                tags=run_tags(run),
+                raise_on_error=True,
+                run_config=dagster_console(),
+            )
+
+    # Slices retry transient errors themselves; what escapes a run transiently (the Dagster
+    # instance's database gone for longer than dagster-postgres retries, ~6 s) is a new run
+    # of the same hours: idempotent, the committed slices are rewritten unchanged.
+    result = with_retries(settings, f"run {task_name(run)}", once, logging.getLogger("n2w.backfill"))
     return run_summary(run, result, t0)
 
 

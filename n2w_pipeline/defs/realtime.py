@@ -54,6 +54,10 @@ from n2w_pipeline.realtime.writers import WritersNotVisible
 SENSOR_NAME = "narrow_realtime"
 REALTIME_TAG = "n2w/realtime"  # value: new | late | deferred
 PRIORITY = "10"
+MAX_RUNTIME_SECONDS = "900"
+"""Run monitoring (dagster.yaml) fails a realtime run still STARTED after this: a run worker
+that died without reporting (its instance database gone) must not hold its hours forever;
+the failure makes them owed (``realtime/owed.py``). Realtime runs take seconds."""
 IN_PROCESS = IN_PROCESS_CONFIG
 
 
@@ -68,7 +72,8 @@ def run_request(group: RunGroup, wide: dg.AssetsDefinition, run_config: dict | N
     """
     first, last = partition_key(group.ships[0], group.hour), partition_key(group.ships[-1], group.hour)
     tags = {REALTIME_TAG: group.reason, "n2w/realtime_rows": str(group.rows),
-            "n2w/realtime_ships": ",".join(group.triggered), "dagster/priority": PRIORITY}
+            "n2w/realtime_ships": ",".join(group.triggered), "dagster/priority": PRIORITY,
+            "dagster/max_runtime_seconds": MAX_RUNTIME_SECONDS}
     if len(group.ships) > 1:
         tags |= {"dagster/asset_partition_range_start": str(first),
                  "dagster/asset_partition_range_end": str(last)}
