@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from n2w_pipeline.dsn import mask_secrets, redact
 
-MAX_CHARS = 600
+MAX_CHARS = 1000
 
 
 class CommandError(Exception):
@@ -113,6 +113,10 @@ def _generic(e: BaseException) -> bool:
     return isinstance(e, (KeyError, TypeError, AttributeError, AssertionError, IndexError)) or not str(e)
 
 
+CONFIGURATION_ERRORS = ("SettingError", "PoolingModeError")
+
+
 def exit_code(exc: BaseException) -> int:
-    """2 for a setting or argument the user must change, 1 for everything else."""
-    return 2 if any(type(e).__name__ == "SettingError" for e in chain(exc)) else 1
+    """2 for a setting the user must change (a bad N2W_* value, a transaction pooler in
+    N2W_DATABASE_URL), 1 for everything else."""
+    return 2 if any(type(e).__name__ in CONFIGURATION_ERRORS for e in chain(exc)) else 1
