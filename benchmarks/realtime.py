@@ -19,6 +19,15 @@ On a fresh embedded PostgreSQL in a scratch state dir (or --state-dir), this:
    runs the sensor launched, and checks that every inserted row reached the wide tables
    (cell count of group 3 and row count of every table equal the narrow rows).
 
+With ``--under-load`` a backfill of one ship (``n2w backfill --all`` over ``--load-days``
+days of every channel, generated first, for days long before the realtime hours) runs beside
+it, again and again, as a ship-week backfill would load the machine.
+
+Where the delay goes, per arrival (medians), from the instance's own records: the sensor
+(commit → the run created by a tick: waiting for the next tick, and the tick), the queue
+(created → launched), the run worker's process start (code loaded), the run's set-up
+(resources, executor) and the run's read, pivot and write up to the rows readable.
+
 Run: ``python benchmarks/realtime.py`` or ``n2w bench realtime`` (``--minutes 3`` for a
 quick look). Dagster is stopped by process group: SIGTERM, then SIGKILL.
 """
@@ -26,13 +35,10 @@ quick look). Dagster is stopped by process group: SIGTERM, then SIGKILL.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -47,16 +53,27 @@ from psycopg import sql
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _realtime_parts import (  # noqa: E402
+    PHASES,
+    BackfillLoad,
+    sensor_runs,
+    stages,
+    start_daemon,
+    stop_group,
+    tick_cadence,
+    wait_first_tick,
+)
+
 from n2w_pipeline.channels import load_catalog  # noqa: E402
 from n2w_pipeline.config import REFERENCE_SHIPS, Settings  # noqa: E402
 from n2w_pipeline.database import _embedded_server  # noqa: E402
-from n2w_pipeline.defs.realtime import SENSOR_NAME  # noqa: E402
-from n2w_pipeline.generate import create_source_indexes, create_source_table  # noqa: E402
+from n2w_pipeline.generate import create_source_indexes, create_source_table, generate  # noqa: E402
 from n2w_pipeline.instance import dagster_env  # noqa: E402
 from n2w_pipeline.materialize import materialize_window  # noqa: E402
 from n2w_pipeline.realtime.index import ensure_arrival_index  # noqa: E402
 
-TARGET_P95 = 30.0
+TARGET_P95 = {"idle": 10.0, "under load": 20.0}
+LOAD_START = dt.datetime(2025, 3, 3)  # the load's days: long before the realtime hours
 MINUTE = dt.timedelta(minutes=1)
 STAMPS = 4  # 15-second samples per minute
 
@@ -70,6 +87,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--poll", type=float, default=0.25, help="wide-table poll interval, s (default 0.25)")
     p.add_argument("--state-dir", type=Path, help="state dir (default: a scratch dir, deleted after)")
     p.add_argument("--keep", action="store_true", help="keep the scratch state dir and server")
+    p.add_argument("--under-load", action="store_true",
+                   help="run a backfill of one ship beside it (`n2w backfill --all` of --load-days days of "
+                   "every channel, again and again), as a ship-week backfill would load the machine")
+    p.add_argument("--load-days", type=int, default=7,
+                   help="days of narrow rows the load backfills (default 7: a ship-week, ~42M rows, "
+                   "~11 GB of disk with the wide tables)")
+    p.add_argument("--interval", type=int, default=None,
+                   help="N2W_REALTIME_INTERVAL_SECONDS for the sensor (default: n2w's)")
     return p.parse_args(argv)
 
 
@@ -194,80 +219,6 @@ def postmaster_pid(state_dir: Path) -> int | None:
         return None
 
 
-# --------------------------------------------------------------------------- daemon
-
-
-def start_daemon(env: dict[str, str], log: Path) -> subprocess.Popen:
-    exe = Path(sys.executable).parent / "dagster-daemon"
-    cmd = [str(exe), "run", "-w", str(ROOT / "workspace.yaml")]
-    out = log.open("w")
-    return subprocess.Popen(cmd, env={**os.environ, **env}, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-
-
-def stop_daemon(proc: subprocess.Popen, grace: float = 20.0) -> None:
-    """SIGTERM to the whole process group, SIGKILL whatever is left after ``grace``."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=grace)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
-def wait_first_tick(dagster_url: str, timeout: float = 180.0) -> float:
-    """Seconds until the realtime sensor has completed its first tick (cursor set)."""
-    t0 = time.time()
-    url = dagster_url.replace("postgresql+psycopg2://", "postgresql://")
-    while time.time() - t0 < timeout:
-        try:
-            with psycopg.connect(url, autocommit=True) as conn:
-                row = conn.execute(
-                    "SELECT count(*) FROM job_ticks WHERE type = 'SENSOR' AND status <> 'STARTED' "
-                    "AND tick_body LIKE %s", (f'%"{SENSOR_NAME}"%',)).fetchone()
-                if row and row[0]:
-                    return time.time() - t0
-        except (psycopg.OperationalError, psycopg.errors.UndefinedTable):
-            pass
-        time.sleep(1)
-    raise SystemExit(f"the realtime sensor did not tick within {timeout:.0f} s")
-
-
-@dataclass
-class RunTimes:
-    ships: list[str]
-    created: float  # the sensor's tick submitted it
-    started: float | None  # the run worker began executing
-    ended: float | None
-    status: str
-
-
-def sensor_runs(dagster_url: str) -> list[RunTimes]:
-    """The realtime sensor's runs with their timestamps, from the instance's tables."""
-    url = dagster_url.replace("postgresql+psycopg2://", "postgresql://")
-    with psycopg.connect(url, autocommit=True) as conn:
-        rows = conn.execute(
-            """SELECT r.status, extract(epoch FROM r.create_timestamp AT TIME ZONE 'UTC'),
-                      r.start_time, r.end_time, s.value
-               FROM runs r JOIN run_tags t ON t.run_id = r.run_id
-               LEFT JOIN run_tags s ON s.run_id = r.run_id AND s.key = 'n2w/realtime_ships'
-               WHERE t.key = 'dagster/sensor_name' AND t.value = %s ORDER BY 2""",
-            (SENSOR_NAME,)).fetchall()
-    return [RunTimes((ships or "").split(","), float(c), s, e, status) for status, c, s, e, ships in rows]
-
-
-def stages(a: Arrival, runs: list[RunTimes]) -> tuple[float, float, float] | None:
-    """(commit → run created, created → started, started → ended) of the first run
-    created after the arrival's commit that was triggered by its ship."""
-    for r in runs:
-        if a.ship in r.ships and r.created >= a.committed - 0.5 and r.started and r.ended:
-            return r.created - a.committed, r.started - r.created, r.ended - r.started
-    return None
-
-
 # --------------------------------------------------------------------------- checks
 
 
@@ -315,29 +266,26 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    scratch = args.state_dir is None
-    state = (args.state_dir or Path(tempfile.mkdtemp(prefix="n2w-bench-rt-", dir="/tmp"))).resolve()
-    ships = list(REFERENCE_SHIPS[: args.ships])
-    os.environ.pop("N2W_DATABASE_URL", None)
-    os.environ.pop("N2W_DAGSTER_PG_URL", None)
-    settings = replace(Settings.from_env(), state_dir=state, ships=tuple(ships),
-                       channel_lists_dir=ROOT / "channel_lists", database_url=None)
-    catalog = load_catalog(settings.channel_lists_dir)
-    chans = list(catalog.all_channels)
-    ncpu = psutil.cpu_count() or 1
-    print(f"state dir {state}; {len(ships)} ships x {len(chans)} channels x {STAMPS} samples per minute, "
-          f"{args.minutes} min, {ncpu} CPUs")
+GB_PER_LOAD_DAY = 1.6  # narrow rows, their indexes and the wide rows of one ship-day, on disk
 
-    env = {**dagster_env(settings), "N2W_SHIPS": ",".join(ships), "N2W_REALTIME": "1",
-           "N2W_CHANNEL_LISTS": str(settings.channel_lists_dir), "PYTHONUNBUFFERED": "1"}
-    url = env["N2W_DATABASE_URL"]  # as `n2w dev`: data in `n2w`, the instance in `dagster`
-    settings = replace(settings, database_url=url)
-    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    done_hour = now.replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=2)
+
+def prepare(args: argparse.Namespace, url: str, settings: Settings, catalog, ships: list[str],  # noqa: ANN001
+            chans: list[str], done_hour: dt.datetime) -> None:
+    """The narrow table (the load's days first, on the fresh table: loaded without indexes),
+    its indexes, and the finished hour's history, materialised."""
     with psycopg.connect(url, autocommit=True) as conn:
         create_source_table(conn, settings)
+        if args.under_load:
+            need = args.load_days * GB_PER_LOAD_DAY + 3
+            free = shutil.disk_usage(settings.state_dir).free / 1e9
+            if free < need:
+                raise SystemExit(f"--under-load with --load-days {args.load_days} needs ~{need:.0f} GB of "
+                                 f"disk, {free:.0f} GB free: give fewer --load-days")
+            t0 = time.time()
+            n = generate(conn, settings, catalog, [ships[0]], LOAD_START,
+                         LOAD_START + dt.timedelta(days=args.load_days), own_table=True)
+            print(f"load: {n:,} narrow rows of {ships[0]} over {args.load_days} day(s) generated in "
+                  f"{time.time() - t0:.0f} s")
         create_source_indexes(conn, settings)
         ensure_arrival_index(conn, settings)
         t0 = time.time()
@@ -348,58 +296,48 @@ def main(argv: list[str] | None = None) -> int:
         print(f"history: {done_hour:%Y-%m-%d %H:00} (10 min x {len(ships)} ships) loaded and "
               f"materialised in {time.time() - t0:.1f} s")
 
-    log = state / "daemon.log"
-    daemon = start_daemon(env, log)
-    poller = Poller(url, settings, [g.number for g in catalog.groups], args.poll)
-    thread = threading.Thread(target=poller.run, daemon=True)
+
+def measure(args: argparse.Namespace, url: str, settings: Settings, ships: list[str], chans: list[str],
+            done_hour: dt.datetime, poller: Poller, daemon_pid: int, ncpu: int) -> tuple[list, list]:
+    """Insert a minute per ship every 60 s for --minutes, and the late minute; CPU per minute."""
     arrivals: list[Arrival] = []
     minutes: list[dict] = []
-    try:
-        print(f"dagster-daemon pid {daemon.pid} (log {log}); waiting for the sensor's first tick ...")
-        print(f"first tick after {wait_first_tick(env['N2W_DAGSTER_PG_URL']):.1f} s")
-        thread.start()
-        dagster_cpu = CpuMeter(daemon.pid)
-        pg_pid = postmaster_pid(state)
-        pg_cpu = CpuMeter(pg_pid) if pg_pid else None
-        me = psutil.Process()
-        start = time.time()
-        cpu0 = (dagster_cpu.total(), pg_cpu.total() if pg_cpu else 0.0, sum(me.cpu_times()[:2]))
-        with psycopg.connect(url, autocommit=True) as conn:
-            for i in range(args.minutes):
-                slot = start + 60 * i
-                time.sleep(max(0.0, slot - time.time()))
-                minute = dt.datetime.now(dt.UTC).replace(tzinfo=None, second=0, microsecond=0)
-                for ship in ships:
-                    a = Arrival(ship, minute, insert_minute(conn, settings, ship, minute, chans), i)
-                    arrivals.append(a)
-                    poller.add(a)
-                if i == args.late_at:
-                    late_minute = done_hour + 30 * MINUTE
-                    for ship in ships:
-                        committed = insert_minute(conn, settings, ship, late_minute, chans)
-                        a = Arrival(ship, late_minute, committed, i, late=True)
-                        arrivals.append(a)
-                        poller.add(a)
-                time.sleep(max(0.0, slot + 60 - time.time()))
-                cpu = (dagster_cpu.total(), pg_cpu.total() if pg_cpu else 0.0, sum(me.cpu_times()[:2]))
-                wall = time.time() - slot
-                minutes.append({"i": i, "minute": minute, "load": os.getloadavg()[0],
-                                "dagster": (cpu[0] - cpu0[0]) / wall / ncpu * 100,
-                                "pg": (cpu[1] - cpu0[1]) / wall / ncpu * 100,
-                                "bench": (cpu[2] - cpu0[2]) / wall / ncpu * 100})
-                cpu0 = cpu
-                print(f"  minute {i + 1}/{args.minutes} inserted at {minute:%H:%M}; "
-                      f"{poller.pending()} ship-minute(s) not yet readable", flush=True)
-        deadline = time.time() + 180
-        while poller.pending() and time.time() < deadline:
-            time.sleep(1)
-        poller.stop.set()
-        thread.join()
-        runs = sensor_runs(env["N2W_DAGSTER_PG_URL"])
-    finally:
-        stop_daemon(daemon)
-        poller.stop.set()
+    dagster_cpu = CpuMeter(daemon_pid)
+    pg_pid = postmaster_pid(settings.state_dir)
+    pg_cpu = CpuMeter(pg_pid) if pg_pid else None
+    me = psutil.Process()
+    start = time.time()
+    cpu0 = (dagster_cpu.total(), pg_cpu.total() if pg_cpu else 0.0, sum(me.cpu_times()[:2]))
+    with psycopg.connect(url, autocommit=True) as conn:
+        for i in range(args.minutes):
+            slot = start + 60 * i
+            time.sleep(max(0.0, slot - time.time()))
+            minute = dt.datetime.now(dt.UTC).replace(tzinfo=None, second=0, microsecond=0)
+            batch = [(ship, minute, False) for ship in ships]
+            if i == args.late_at:
+                batch += [(ship, done_hour + 30 * MINUTE, True) for ship in ships]
+            for ship, when, late in batch:
+                a = Arrival(ship, when, insert_minute(conn, settings, ship, when, chans), i, late=late)
+                arrivals.append(a)
+                poller.add(a)
+            time.sleep(max(0.0, slot + 60 - time.time()))
+            cpu = (dagster_cpu.total(), pg_cpu.total() if pg_cpu else 0.0, sum(me.cpu_times()[:2]))
+            wall = time.time() - slot
+            minutes.append({"i": i, "minute": minute, "load": os.getloadavg()[0],
+                            "dagster": (cpu[0] - cpu0[0]) / wall / ncpu * 100,
+                            "pg": (cpu[1] - cpu0[1]) / wall / ncpu * 100,
+                            "bench": (cpu[2] - cpu0[2]) / wall / ncpu * 100})
+            cpu0 = cpu
+            print(f"  minute {i + 1}/{args.minutes} inserted at {minute:%H:%M}; "
+                  f"{poller.pending()} ship-minute(s) not yet readable", flush=True)
+    deadline = time.time() + 180
+    while poller.pending() and time.time() < deadline:
+        time.sleep(1)
+    return arrivals, minutes
 
+
+def report(args: argparse.Namespace, arrivals: list[Arrival], minutes: list[dict], runs: list, ncpu: int,
+           done_hour: dt.datetime, cadence: tuple[float, float, int]) -> tuple[list[float], list]:
     print()
     print("delay from narrow commit to wide rows readable (s), per minute of inserts:")
     print(f"{'minute':>6} {'at':>6} {'n':>3} {'p50':>6} {'p95':>6} {'max':>6} {'lost':>5} "
@@ -427,13 +365,74 @@ def main(argv: list[str] | None = None) -> int:
     statuses: dict[str, int] = {}
     for r in runs:
         statuses[r.status] = statuses.get(r.status, 0) + 1
-    print(f"runs launched by the sensor: {len(runs)} {statuses}")
-    split = [st for a in arrivals if not a.late and (st := stages(a, runs))]
+    print(f"runs launched by the sensor: {len(runs)} {statuses}; sensor ticks every {cadence[0]:.1f} s "
+          f"(median), a tick takes {cadence[1]:.2f} s, {cadence[2]} ticks")
+    split = [(a.delay, st) for a in arrivals if not a.late and a.readable
+             and (st := stages(a.committed, a.readable, a.ship, runs))]
     if split:
-        tick_s, start_s, work_s = (statistics.median(x[i] for x in split) for i in range(3))
-        print(f"where the delay goes (median over arrivals): commit -> run submitted by a tick "
-              f"{tick_s:.1f} s; submitted -> run started (queue, launch, process start) {start_s:.1f} s; "
-              f"run start -> end (read, pivot, write, checks, events) {work_s:.1f} s")
+        parts = "; ".join(f"{name} {statistics.median(st[name] for _, st in split):.1f} s" for name in PHASES)
+        share = statistics.median(st["tick"] / d for d, st in split if d)
+        print(f"where the delay goes (median over {len(split)} arrivals): {parts}")
+        print(f"the sensor's share of the delay (commit -> run created by a tick): {100 * share:.0f} % "
+              "(median)")
+    return ds, late_ds
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    scratch = args.state_dir is None
+    state = (args.state_dir or Path(tempfile.mkdtemp(prefix="n2w-bench-rt-", dir="/tmp"))).resolve()
+    ships = list(REFERENCE_SHIPS[: args.ships])
+    os.environ.pop("N2W_DATABASE_URL", None)
+    os.environ.pop("N2W_DAGSTER_PG_URL", None)
+    settings = replace(Settings.from_env(), state_dir=state, ships=tuple(ships),
+                       channel_lists_dir=ROOT / "channel_lists", database_url=None)
+    catalog = load_catalog(settings.channel_lists_dir)
+    chans = list(catalog.all_channels)
+    ncpu = psutil.cpu_count() or 1
+    mode = "under load" if args.under_load else "idle"
+    print(f"state dir {state}; {len(ships)} ships x {len(chans)} channels x {STAMPS} samples per minute, "
+          f"{args.minutes} min, {ncpu} CPUs, {mode}")
+
+    env = {**dagster_env(settings), "N2W_SHIPS": ",".join(ships), "N2W_REALTIME": "1",
+           "N2W_CHANNEL_LISTS": str(settings.channel_lists_dir), "PYTHONUNBUFFERED": "1",
+           "N2W_MIGRATION_DIR": str(state / "migration_data")}
+    if args.interval:
+        env["N2W_REALTIME_INTERVAL_SECONDS"] = str(args.interval)
+    url = env["N2W_DATABASE_URL"]  # as `n2w dev`: data in `n2w`, the instance in `dagster`
+    settings = replace(settings, database_url=url)
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    done_hour = now.replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=2)
+    prepare(args, url, settings, catalog, ships, chans, done_hour)
+
+    log = state / "daemon.log"
+    daemon = start_daemon(env, log)
+    load = (BackfillLoad(env, ships[0], LOAD_START, args.load_days, state / "load.log")
+            if args.under_load else None)
+    poller = Poller(url, settings, [g.number for g in catalog.groups], args.poll)
+    thread = threading.Thread(target=poller.run, daemon=True)
+    try:
+        print(f"dagster-daemon pid {daemon.pid} (log {log}); waiting for the sensor's first tick ...")
+        print(f"first tick after {wait_first_tick(env['N2W_DAGSTER_PG_URL']):.1f} s")
+        if load is not None:
+            load.start()
+            time.sleep(10)  # the first backfill run under way before the first minute
+        thread.start()
+        arrivals, minutes = measure(args, url, settings, ships, chans, done_hour, poller, daemon.pid, ncpu)
+        poller.stop.set()
+        thread.join()
+        runs = sensor_runs(env["N2W_DAGSTER_PG_URL"])
+        cadence = tick_cadence(env["N2W_DAGSTER_PG_URL"])
+    finally:
+        if load is not None:
+            load.finish()
+        stop_group(daemon)
+        poller.stop.set()
+    if load is not None:
+        passes = ", ".join(f"{p:.0f} s" for p in load.passes) or "none finished"
+        print(f"load: `n2w backfill --all` of {ships[0]} over {args.load_days} day(s) ran beside it; "
+              f"passes completed: {passes} (log {state / 'load.log'})")
+    ds, late_ds = report(args, arrivals, minutes, runs, ncpu, done_hour, cadence)
 
     windows = [(done_hour, done_hour + dt.timedelta(hours=1))]
     if arrivals:
@@ -445,10 +444,11 @@ def main(argv: list[str] | None = None) -> int:
     print("completeness: " + ("every inserted row is in the wide tables" if not problems
                               else f"{len(problems)} problem(s): {problems[:5]}"))
     p95 = pct(ds, 95)
-    ok = (p95 <= TARGET_P95 and not problems and len(late_ds) == len(late)
+    late = [a for a in arrivals if a.late]
+    ok = (p95 <= TARGET_P95[mode] and not problems and len(late_ds) == len(late)
           and all(a.delay is not None for a in arrivals))
     verdict = "MET" if ok else "NOT MET"
-    print(f"target p95 <= {TARGET_P95:.0f} s, no late row lost: {verdict} (p95 {p95:.1f} s)")
+    print(f"target ({mode}) p95 <= {TARGET_P95[mode]:.0f} s, no late row lost: {verdict} (p95 {p95:.1f} s)")
 
     if scratch and not args.keep:
         server = _embedded_server(state)
