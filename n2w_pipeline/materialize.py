@@ -12,7 +12,8 @@ extracts the next slice (extraction is the bottleneck, so two extractions may ov
 too: measured 0.89M rows/s with one lane, 1.15-1.18M with two, on a ship-day). ADBC,
 psycopg, Polars and NumPy release the GIL in their heavy parts, so the client overlaps
 with the server and both cores work. Data connections per window: 2 x lanes (the readers
-on the source database, the writers on the data database). The locks are always taken
+on the source database, the writers on the data database); a run's windows can share them
+(``LanePool``). The locks are always taken
 before the extraction, in the transaction that writes.
 """
 
@@ -290,6 +291,7 @@ def materialize_window(
     lanes: int | None = None,
     source_url: str | None = None,
     log: logging.Logger | None = None,
+    connections: LanePool | None = None,
 ) -> WindowStats:
     """Make the wide tables of ``ship`` for [start, end) equal the narrow rows (+ corrections).
 
@@ -302,7 +304,9 @@ def materialize_window(
     database error (``retries.py``: a lost connection, a server restart, a deadlock, …) rolls
     the slice back and runs it again on new connections, up to ``N2W_DB_RETRIES`` times with
     backoff and jitter (each attempt logged on ``log``), then fails it with one line
-    (``RetriesExhausted``). On an error the failing slice rolls back, slices already started
+    (``RetriesExhausted``). ``connections``: a ``LanePool`` the caller keeps open across
+    windows (a run of many ship-hours: opening a reader costs ~0.2 s); without it the window
+    opens and closes its own. On an error the failing slice rolls back, slices already started
     finish (commit or roll back whole), no new
     slice starts, and the error is raised.
     """
@@ -319,13 +323,16 @@ def materialize_window(
             prepare_tables(ddl, settings, groups, [ship], (start, end))
 
     with_retries(settings, f"{where}: preparing the tables", prepare, log)
-    pool_of_lanes = [_Lane(url, source_url or url, settings, codes.channels) for _ in range(lanes)]
+    own = connections is None
+    if connections is None:
+        connections = LanePool(url, source_url or url, settings, codes.channels, lanes)
+    lanes = min(lanes, len(connections.lanes))
     try:
-        free = list(pool_of_lanes)
+        free = list(connections.lanes[:lanes])
         free_lock = threading.Lock()
         failed = threading.Event()
 
-        def attempt(lane: _Lane, s: dt.datetime, e: dt.datetime) -> WindowStats:
+        def attempt(lane: Lane, s: dt.datetime, e: dt.datetime) -> WindowStats:
             if failed.is_set():  # another slice failed for good: the window fails anyway
                 raise _Skipped()
             conn, reader = lane.open()
@@ -371,13 +378,13 @@ def materialize_window(
             finished, pending = wait(pending)
             _collect(finished, total, done_count, len(slices), progress)
     finally:
-        for lane in pool_of_lanes:
-            lane.drop()
+        if own:
+            connections.close()
     total.seconds = time.perf_counter() - t0
     return total
 
 
-class _Lane:
+class Lane:
     """One lane's connections, a writer on the data database and a reader on the source:
     opened on first use, dropped after a transient error and opened again by the next
     attempt (a broken connection stays broken)."""
@@ -428,3 +435,23 @@ def _collect(
         if progress is not None:
             progress(done, n, total)
     return done
+
+
+class LanePool:
+    """``size`` lanes (``Lane``) for one run's windows: ``materialize_window(connections=…)``
+    takes the first ones it needs, so a run of many ship-hours (a realtime run covers one hour
+    of up to every ship) opens its readers once. Close it (or use it as a context manager)."""
+
+    def __init__(self, url: str, source_url: str, settings: Settings, channels: Sequence[str],
+                 size: int = PIPELINE_LANES) -> None:
+        self.lanes = [Lane(url, source_url, settings, channels) for _ in range(max(1, size))]
+
+    def close(self) -> None:
+        for lane in self.lanes:
+            lane.drop()
+
+    def __enter__(self) -> LanePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
