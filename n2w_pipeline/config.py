@@ -195,8 +195,8 @@ class Settings:
     """N2W_REALTIME: 1/0 — the realtime sensor's default status (RUNNING or STOPPED)."""
     realtime_cursor: str = "id"
     """N2W_REALTIME_CURSOR_COLUMN: arrival order, `id` or `server_created_time` (see N2W_COL_*)."""
-    realtime_interval_seconds: int = 5
-    """N2W_REALTIME_INTERVAL_SECONDS: minimum seconds between two realtime sensor ticks."""
+    realtime_interval_seconds: int = 2
+    """N2W_REALTIME_INTERVAL_SECONDS: minimum seconds between two realtime ticks (daemon loop: 5 s)."""
     realtime_batch_rows: int = 500_000
     """N2W_REALTIME_BATCH_ROWS: narrow rows one tick reads at most (a backlog takes several ticks)."""
     realtime_retry_seconds: float = 10.0
