@@ -32,6 +32,7 @@ from n2w_pipeline.database import _embedded_server, embedded_url
 from n2w_pipeline.defs.realtime import SENSOR_NAME
 from n2w_pipeline.generate import create_source_indexes, create_source_table, generate
 from n2w_pipeline.instance import dagster_env
+from n2w_pipeline.logs import log_file
 from n2w_pipeline.realtime.index import ensure_arrival_index
 from n2w_pipeline.write import lock_hours
 from n2w_pipeline_tests.conftest import REPO
@@ -127,7 +128,8 @@ def test_server_restart_in_the_middle_of_a_backfill(server, tmp_path):
             holder.close()
     done = time.monotonic()
     assert proc.returncode == 0, err[-3000:]
-    assert "attempt 1/6 failed on a transient database error" in err  # the slice was retried
+    run_log = log_file(settings, "backfill", ship).read_text()  # the run's lines go to its log file
+    assert "attempt 1/6 failed on a transient database error" in run_log  # the slice was retried
     print(f"server down {DOWN_SECONDS:.0f} s mid-backfill: backfill done {done - back:.1f} s after it "
           "was back")
     with psycopg.connect(server.url, autocommit=True) as conn:
