@@ -94,6 +94,14 @@ def _wait(what: str, check, timeout: float = 240.0) -> float:  # noqa: ANN001
 
 
 def _exact(conn: psycopg.Connection, settings: Settings, catalog, ship: str, start, end) -> bool:  # noqa: ANN001
+    """Every group's wide table equals the SQL pivot (False while a table is not created yet)."""
+    try:
+        return _all_groups_exact(conn, settings, catalog, ship, start, end)
+    except psycopg.errors.UndefinedTable:
+        return False
+
+
+def _all_groups_exact(conn: psycopg.Connection, settings: Settings, catalog, ship: str, start, end) -> bool:  # noqa: ANN001
     return all(wide_cells(conn, settings, g, ship) == sql_reference(conn, settings, g, ship, start, end)
                and wide_cells(conn, settings, g, ship)[0] for g in catalog.groups)
 

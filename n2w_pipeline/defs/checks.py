@@ -32,6 +32,9 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import dagster as dg
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationTargetMaterializationData,
+)
 from pydantic import Field
 
 from n2w_pipeline.channels import ChannelCatalog, ChannelGroup
@@ -189,6 +192,20 @@ def _log_failure(log: dg.DagsterLogManager, key: dg.AssetKey, o: CheckOutcome) -
         (log.error if o.severity == ERROR else log.warning)(f"{key.to_user_string()} {o.name}: {o.summary}")
 
 
+def _latest_materialization(
+    instance: dg.DagsterInstance, key: dg.AssetKey
+) -> AssetCheckEvaluationTargetMaterializationData | None:
+    """The asset's latest materialisation, which an on-demand evaluation checks (it reads the
+    table as it is now). Without it the UI compares the check's record time, stored to the
+    second, with the materialisation's: a check a second after a run could count as stale."""
+    records = instance.fetch_materializations(key, limit=1).records
+    if not records:
+        return None
+    mat = records[0]
+    return AssetCheckEvaluationTargetMaterializationData(
+        storage_id=mat.storage_id, run_id=mat.run_id, timestamp=mat.timestamp)
+
+
 class CheckWindowConfig(dg.Config):
     """The ship and window the on-demand checks read."""
 
@@ -221,6 +238,7 @@ def build_check_job(settings: Settings, catalog: ChannelCatalog) -> dg.JobDefini
         if config.ship not in settings.ships:
             raise dg.Failure(f"unknown ship {config.ship!r}; configured: {list(settings.ships)}")
         start, end = _window(config)
+        targets = {_asset_key(g): _latest_materialization(context.instance, _asset_key(g)) for g in groups}
         with open_pair(n2w_db.resolve_url(settings), n2w_db.resolve_source_url(settings)) as (conn, source):
             outcomes = evaluate(conn, settings, groups, [(config.ship, start, end)], source=source)
         by_group = {g.number: g for g in groups}
@@ -235,6 +253,7 @@ def build_check_job(settings: Settings, catalog: ChannelCatalog) -> dg.JobDefini
                 severity=_SEVERITY[o.severity],
                 description=f"on demand, {window}: {o.summary}",
                 metadata={**to_metadata(o), "checked": ON_DEMAND},
+                target_materialization_data=targets[key],
             )
 
     @dg.job(
