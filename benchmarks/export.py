@@ -80,13 +80,20 @@ def ensure_wide(conn: psycopg.Connection, settings: Settings, catalog, days: int
 
 def child(kind: str, days: str) -> None:
     """One n2w export in this (fresh) process: parquet | clickhouse | both | dagster."""
-    from n2w_pipeline.export.day import clickhouse_backend, export_day
+    from n2w_pipeline.export.day import clickhouse_backend, export_days
 
     settings = export_settings(Settings.from_env())
     catalog = load_catalog(settings.channel_lists_dir)
     url = database_url(settings)
     n = int(days)
+    import polars  # noqa: F401 - imported before the clock starts, like a worker that has run before
+    import pyarrow.parquet  # noqa: F401
+
+    if kind != "parquet":
+        import chdb  # noqa: F401
+
     t0 = time.perf_counter()
+    c0 = cpu_seconds()
     rows = cells = 0
     phases: dict[str, float] = {}
     if kind == "dagster":
@@ -102,9 +109,9 @@ def child(kind: str, days: str) -> None:
     else:
         pq = list(catalog.groups) if kind in ("parquet", "both") else []
         chg = list(catalog.groups) if kind in ("clickhouse", "both") else []
+        pairs = [(SHIP, START.date() + dt.timedelta(days=i)) for i in range(n)]
         with clickhouse_backend(settings, None) if chg else _null() as backend:
-            for i in range(n):
-                r = export_day(url, settings, SHIP, START.date() + dt.timedelta(days=i), pq, chg, backend)
+            for r in export_days(url, settings, pairs, pq, chg, backend):
                 bad = [g.group.number for g in r.groups.values()
                        if (g.parquet_mismatches or g.clickhouse_mismatches)]
                 if bad:
@@ -114,8 +121,39 @@ def child(kind: str, days: str) -> None:
                 for k, v in r.phases.items():
                     phases[k] = phases.get(k, 0.0) + v
     seconds = time.perf_counter() - t0
+    cpu = cpu_seconds() - c0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"seconds": seconds, "rows": rows, "cells": cells, "peak_rss": rss, "phases": phases}))
+    print(json.dumps({"seconds": seconds, "rows": rows, "cells": cells, "peak_rss": rss, "phases": phases,
+                      "client_cpu_s": cpu}))
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process, all its threads."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+class ServerCpu:
+    """CPU seconds of the PostgreSQL server, if it runs on this machine: its postmaster's own and
+    its exited backends' (``/proc/<postmaster>/stat``), read around a method whose connections
+    have closed by then. None where the server is elsewhere."""
+
+    def __init__(self, url: str) -> None:
+        self.pid: int | None = None
+        try:
+            with psycopg.connect(url) as conn:
+                backend = conn.info.backend_pid
+            self.pid = int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            self.read()
+        except (OSError, ValueError, IndexError):
+            self.pid = None
+
+    def read(self) -> float | None:
+        if self.pid is None:
+            return None
+        time.sleep(0.3)  # the method's backends exit and are counted in the postmaster's children
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 class _null:

@@ -63,10 +63,13 @@ def encode_dense_copy(block: WideBlock) -> np.ndarray:
     return out
 
 
-def decode_dense_copy(data: bytes | bytearray | memoryview, k: int) -> tuple[np.ndarray, np.ndarray]:
+def decode_dense_copy(data: bytes | bytearray | memoryview, k: int, by_column: bool = False
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """The inverse of ``encode_dense_copy``: a binary COPY of (created_time, col_0 … col_k-1)
     whose fields are all present (the query sends NULL as NaN, ``coalesce(c, 'NaN')``) →
     (times as µs since 1970, values as a (rows, k) float64 array), one vectorised pass.
+    ``by_column``: values as a (k, rows) array instead, each channel one contiguous row (the
+    byte swap and the transpose in the same pass: what Arrow and Parquet want).
     Raises ``ValueError`` if the data is not such a COPY."""
     view = memoryview(data)
     if len(view) < len(COPY_HEADER) + 2 or bytes(view[: len(COPY_HEADER)]) != COPY_HEADER:
@@ -83,4 +86,8 @@ def decode_dense_copy(data: bytes | bytearray | memoryview, k: int) -> tuple[np.
                       or (rows["c"]["len"] != 8).any()):
         raise ValueError(f"binary COPY rows are not {k + 1} fields of 8 bytes (a NULL or another type)")
     times = rows["t"].astype(np.int64) + _PG_EPOCH_US
-    return times, rows["c"]["v"].astype(np.float64)
+    if not by_column:
+        return times, rows["c"]["v"].astype(np.float64)
+    values = np.empty((k, rows.size), np.float64)
+    values.T[...] = rows["c"]["v"]
+    return times, values

@@ -53,5 +53,8 @@ def test_dense_copy_decodes_what_it_encodes_and_refuses_nulls():
     got_t, got_v = decode_dense_copy(data, 3)
     assert got_t.tolist() == times.tolist()
     assert np.array_equal(np.isnan(got_v), ~mask) and np.array_equal(got_v[mask], values[mask])
+    by_t, by_col = decode_dense_copy(data, 3, by_column=True)
+    assert by_t.tolist() == times.tolist() and by_col.shape == (3, 2) and by_col.flags.c_contiguous
+    assert np.array_equal(by_col, got_v.T, equal_nan=True)
     with pytest.raises(ValueError, match="8 bytes"):
         decode_dense_copy(encode_copy_binary(block), 3)  # a real NULL: not a dense COPY

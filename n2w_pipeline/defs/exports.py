@@ -3,7 +3,7 @@ partitioned by day × ship, downstream of the wide assets (a day reads its 24 wi
 
 One multi-asset, ``wide_to_export``, holds both kinds for every group (``parquet_<n>_<name>``,
 ``clickhouse_<n>_<name>``); it can run any subset, and a run that makes both reads PostgreSQL
-once. The work is ``n2w_pipeline.export.day.export_day``, the same code ``n2w export`` runs.
+once. The work is ``n2w_pipeline.export.day.export_days``, the same code ``n2w export`` runs.
 Each asset carries the check ``reconciliation``: rows, and per column the non-NULL count
 (exact) and sum (1e-9 relative) of every exported ship-day, against PostgreSQL's figures of the
 same snapshot; a failure names the table (or file), the column and the day.
@@ -24,7 +24,7 @@ from n2w_pipeline.defs.automation import WATERMARK, DayProduct, wide_watermark
 from n2w_pipeline.defs.partitions import day_partitions, hours_to_days, split_day_key
 from n2w_pipeline.defs.resources import N2WClickHouse, N2WDatabase
 from n2w_pipeline.defs.wide_assets import wide_asset_key
-from n2w_pipeline.export.day import DayResult, ExportError, export_day
+from n2w_pipeline.export.day import DayResult, ExportError, export_days
 from n2w_pipeline.export.paths import export_root
 from n2w_pipeline.export.reconcile import describe
 from n2w_pipeline.instance import DB_POOL
@@ -195,13 +195,13 @@ def build_export_assets(settings: Settings, catalog: ChannelCatalog) -> dg.Asset
                 except ExportError as e:
                     raise dg.Failure(description=str(e), allow_retries=False) from None
                 context.log.info(f"ClickHouse: {backend.label}")
-            for i, (ship, day) in enumerate(days, start=1):
-                try:
-                    r = export_day(url, settings, ship, day, pq_groups, ch_groups, backend, meta, context.log)
-                except ExportError as e:
-                    raise dg.Failure(description=str(e), allow_retries=False) from None
-                results.append(r)
-                _report(context.log, i, len(days), r, sum(x.rows for x in results), t0)
+            try:
+                for i, r in enumerate(export_days(url, settings, days, pq_groups, ch_groups, backend, meta,
+                                                  context.log), start=1):
+                    results.append(r)
+                    _report(context.log, i, len(days), r, sum(x.rows for x in results), t0)
+            except ExportError as e:
+                raise dg.Failure(description=str(e), allow_retries=False) from None
         wall = time.perf_counter() - t0
         kinds = (("parquet", pq_groups, parquet_key), ("clickhouse", ch_groups, clickhouse_key))
         for kind, groups, key_of in kinds:

@@ -44,7 +44,9 @@ def compare(reference: ColumnStats, actual: ColumnStats, columns: Sequence[str],
     """Differences of ``actual`` from PostgreSQL's ``reference``. A sum may differ by ``rel`` ×
     the column's sum of absolute values (the scale of rounding in a different summation order;
     it is also ≥ |sum|, so this is at least as strict as nothing but "relative to the sum"
-    where values cancel)."""
+    where values cancel). That scale is whichever side knows it (the export computes it from the
+    values it read); a wrong value of magnitude v moves the sum by about v and the scale by at
+    most v, so it cannot hide itself behind the tolerance it raises."""
     out: list[Mismatch] = []
     if reference.rows != actual.rows:
         out.append(Mismatch("", "rows", reference.rows, actual.rows))
@@ -53,7 +55,7 @@ def compare(reference: ColumnStats, actual: ColumnStats, columns: Sequence[str],
         if n_ref != n_act:
             out.append(Mismatch(c, "count", n_ref, n_act))
         s_ref, s_act = reference.total.get(c, 0.0), actual.total.get(c, 0.0)
-        scale = max(reference.scale.get(c, 0.0), abs(s_ref), abs(s_act))
+        scale = max(reference.scale.get(c, 0.0), actual.scale.get(c, 0.0), abs(s_ref), abs(s_act))
         if abs(s_ref - s_act) > rel * scale:
             out.append(Mismatch(c, "sum", s_ref, s_act))
     return out
