@@ -224,3 +224,55 @@ def _failure(result) -> str:  # noqa: ANN001
     from n2w_pipeline.commands.export import _failure as failure
 
     return failure(result)
+
+
+def test_a_range_of_days_in_one_run_overlaps_them_and_a_day_that_fails_late_is_retried_alone(
+        xs, conn, monkeypatch):
+    """``export_days`` reads the next day while this one finishes; a transient failure while a
+    day is published (after the next day was read) retries that day on its own, and the run
+    ends with every day exported, reconciled, and no stage table or temporary file left."""
+    from n2w_pipeline.export import attempt
+
+    s = xs
+    catalog = load_catalog(s.channel_lists_dir)
+    days = [D, D + dt.timedelta(days=1), D + dt.timedelta(days=2)]
+    for i, day in enumerate(days):
+        first = dt.datetime.combine(day, dt.time(10))
+        generate(conn, s, catalog, [SHIP], first, first + HOUR, seed=20 + i, channels=subset(catalog, 8))
+    completed: list[dt.date] = []
+    complete = attempt.DayAttempt.complete
+
+    def flaky(self):  # noqa: ANN001, ANN202
+        completed.append(self.day)
+        if self.day == days[0] and completed.count(days[0]) == 1:
+            raise OSError("injected: the disk went away while publishing")
+        return complete(self)
+
+    monkeypatch.setattr(attempt.DayAttempt, "complete", flaky)
+    with dg.instance_for_test() as instance:
+        for day in days:
+            hour = dt.datetime.combine(day, dt.time(10))
+            run_wide_hours(s, catalog, instance, hour, hour)
+        result = dg.materialize(
+            [build_export_assets(s, catalog)], instance=instance, raise_on_error=False,
+            tags={"dagster/asset_partition_range_start": str(day_key(SHIP, days[0])),
+                  "dagster/asset_partition_range_end": str(day_key(SHIP, days[-1]))},
+            resources={"n2w_db": N2WDatabase(url=s.database_url),
+                       "n2w_clickhouse": N2WClickHouse(path=str(s.clickhouse_path))})
+        assert result.success
+        assert all(checks_passed(result).values()) and len(checks_passed(result)) == 6
+    # day 1 failed once after day 2 had been read, then ran again on its own
+    assert completed == [days[0], days[0], days[1], days[2]]
+    g = catalog.group(1)
+    for day in days:
+        times, cells = day_cells(conn, s, g, day)
+        assert len(times) == 240
+        assert frame_cells(pl.read_parquet(parquet_path(s, g, SHIP, day)), g) == (times, cells)
+        assert frame_cells(ch_frame(s, g, day), g) == (times, cells)
+        assert not list(parquet_path(s, g, SHIP, day).parent.glob(".*tmp*"))
+    b = ChdbBackend(s.clickhouse_path)
+    try:
+        tables = b.query_arrow("SELECT name FROM system.tables WHERE database = 'n2w'").column(0).to_pylist()
+    finally:
+        b.close()
+    assert sorted(tables) == sorted(g.asset_name for g in catalog.groups)  # no stage left behind
