@@ -8,14 +8,21 @@ if missing) and its wide tables in ``n2w_bench_wide`` (backfilled through n2w if
 measures, side by side:
 
 * n2w → Parquet, one ship-day and one ship-week; n2w → ClickHouse (embedded chDB), one
-  ship-week; n2w → both. The code the export assets run (``export_day``: one snapshot per day,
-  COPY/Arrow slices, temp file + rename, staged ClickHouse replace, the reconciliation read-back
-  included), each in a fresh process whose peak RSS is reported;
-* ``n2w export`` through Dagster for the ship-week (run start-up included);
+  ship-week, then again (a re-export replaces every ship-day); n2w → both (into empty targets).
+  The code the export assets run (``export_days``: one snapshot per day, COPY/Arrow slices, temp
+  file + rename, staged ClickHouse swap, the reconciliation included), each in a fresh process
+  whose peak RSS and CPU seconds (from the start of the work) are reported;
+* ``n2w export`` through Dagster for the ship-week into empty targets (run start-up included);
 * ``polars.read_database(SELECT * …, psycopg connection).write_parquet(…)`` per group per day;
 * ``COPY (SELECT * …) TO STDOUT (FORMAT csv)`` into a file per group per day;
 * one analytic query, the hourly average of 10 channels over the week for the ship, on
-  ClickHouse (chDB, the loaded tables) and on PostgreSQL (the wide table), best of 3.
+  ClickHouse (chDB, the table as the load left it) and on PostgreSQL (the wide table), each warm
+  and best of 7, with ClickHouse's per-query floor on that table (``SELECT count()``); then the
+  same over four weeks (the week copied three times, shifted, into both tables alike).
+
+CPU seconds per ship-day are given for the client process and, when the PostgreSQL server runs
+on this machine, for the server (its backends' CPU): on a shared machine they move less than
+the wall-clock rates.
 
 Rows are wide rows (a timestamp of one group's table); cells are rows × that group's channels
 (NULL cells included: every one is written). Results: ``benchmarks/results/export-<time>.json``.
@@ -50,6 +57,7 @@ _spec.loader.exec_module(backfill)  # type: ignore[union-attr]
 
 SHIP, START, DAY = backfill.SHIP, backfill.START, backfill.DAY
 QUERY_CHANNELS = 10
+ROWS_PER_SHIP_DAY = 3 * 5760  # three tables, 15-s rows
 
 
 def export_settings(base: Settings) -> Settings:
@@ -219,8 +227,10 @@ def copy_csv_baseline(url: str, settings: Settings, catalog, days: int, folder: 
     return {"seconds": time.perf_counter() - t0, "rows": rows, "cells": cells}
 
 
-def query_bench(url: str, settings: Settings, catalog, days: int) -> dict:  # noqa: ANN001
-    """Hourly average of 10 channels of group 2 over the range, one ship: ClickHouse vs PostgreSQL."""
+def query_bench(url: str, settings: Settings, catalog, days: int, repeat: int = 7) -> dict:  # noqa: ANN001
+    """Hourly average of 10 channels of group 2 over ``days`` from START, one ship: ClickHouse vs
+    PostgreSQL, each warm (one run first) and best of ``repeat``; ClickHouse's floors on this table
+    (``SELECT count()``) and on none (``SELECT 1``) beside it."""
     from n2w_pipeline.export.clickhouse import ident
     from n2w_pipeline.export.day import clickhouse_backend
 
@@ -231,28 +241,64 @@ def query_bench(url: str, settings: Settings, catalog, days: int) -> dict:  # no
                  "AND created_time < %s GROUP BY h ORDER BY h").format(
         sql.SQL(", ").join(sql.SQL("avg({})").format(sql.Identifier(c)) for c in cols),
         sql.Identifier(settings.target_schema, settings.table_name(SHIP, g.number)))
+    table = f"{ident('n2w')}.{ident(g.asset_name)}"
     ch = (f"SELECT toStartOfHour(created_time) AS h, {', '.join(f'avg({ident(c)})' for c in cols)} "
-          f"FROM {ident('n2w')}.{ident(g.asset_name)} WHERE ship_id = {{ship:String}} AND created_time >= "
+          f"FROM {table} WHERE ship_id = {{ship:String}} AND created_time >= "
           "{a:DateTime64(6, 'UTC')} AND created_time < {b:DateTime64(6, 'UTC')} GROUP BY h ORDER BY h")
     params = {"ship": SHIP, "a": f"{START:%Y-%m-%d %H:%M:%S}", "b": f"{end:%Y-%m-%d %H:%M:%S}"}
-    pg_times, ch_times = [], []
+
+    def best(fn) -> tuple[float, object]:  # noqa: ANN001
+        out = fn()
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            out = fn()
+            times.append(time.perf_counter() - t0)
+        return min(times), out
+
     with psycopg.connect(url) as conn:
-        for _ in range(3):
-            t0 = time.perf_counter()
-            pg_rows = conn.execute(pg, (START, end)).fetchall()
-            pg_times.append(time.perf_counter() - t0)
+        pg_s, pg_rows = best(lambda: conn.execute(pg, (START, end)).fetchall())
     with clickhouse_backend(settings, None) as backend:
-        for _ in range(3):
-            t0 = time.perf_counter()
-            ch_rows = backend.query_arrow(ch, params)
-            ch_times.append(time.perf_counter() - t0)
+        ch_s, ch_rows = best(lambda: backend.query_arrow(ch, params))
+        count_s, _ = best(lambda: backend.query_arrow(f"SELECT count() FROM {table}"))
+        one_s, _ = best(lambda: backend.query_arrow("SELECT 1"))
     assert ch_rows.num_rows == len(pg_rows), (ch_rows.num_rows, len(pg_rows))
     got = [ch_rows.column(1)[i].as_py() for i in range(ch_rows.num_rows)]
     want = [r[1] for r in pg_rows]
     assert all((a is None and b is None) or abs(a - b) <= 1e-9 * max(1.0, abs(b))
                for a, b in zip(got, want, strict=True))
-    return {"hours": len(pg_rows), "channels": len(cols), "postgres_s": min(pg_times),
-            "clickhouse_s": min(ch_times)}
+    return {"days": days, "hours": len(pg_rows), "channels": len(cols), "postgres_s": pg_s,
+            "clickhouse_s": ch_s, "clickhouse_count_s": count_s, "clickhouse_select1_s": one_s}
+
+
+def extend_to_weeks(url: str, settings: Settings, catalog, weeks: int) -> int:  # noqa: ANN001
+    """Copies of the loaded ship-week of group 2, shifted by 1 … weeks-1 weeks, into the
+    PostgreSQL wide table and the ClickHouse table alike (same rows on both sides), for a query
+    over a longer range. Returns the days the tables then hold."""
+    from n2w_pipeline.export.clickhouse import ident
+    from n2w_pipeline.export.day import clickhouse_backend
+
+    g = max(catalog.groups, key=lambda x: len(x.columns))
+    week = 7 * DAY
+    pg_table = sql.Identifier(settings.target_schema, settings.table_name(SHIP, g.number))
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in g.columns)
+    with psycopg.connect(url, autocommit=True) as conn:
+        for k in range(1, weeks):
+            conn.execute(sql.SQL(
+                "INSERT INTO {t} (created_time, {c}) SELECT created_time + %s, {c} FROM {t} "
+                "WHERE created_time >= %s AND created_time < %s ON CONFLICT DO NOTHING").format(
+                t=pg_table, c=cols), (k * week, START, START + week))
+        conn.execute(sql.SQL("VACUUM ANALYZE {}").format(pg_table))
+    with clickhouse_backend(settings, None) as backend:
+        table = f"{ident('n2w')}.{ident(g.asset_name)}"
+        for k in range(1, weeks):
+            backend.command(
+                f"INSERT INTO {table} SELECT * REPLACE (created_time + INTERVAL {7 * k} DAY AS created_time) "
+                f"FROM {table} WHERE created_time >= {{a:DateTime64(6, 'UTC')}} "
+                "AND created_time < {b:DateTime64(6, 'UTC')}",
+                {"a": f"{START:%Y-%m-%d %H:%M:%S}", "b": f"{START + week:%Y-%m-%d %H:%M:%S}"})
+        backend.command(f"OPTIMIZE TABLE {table} FINAL")
+    return 7 * weeks
 
 
 def main() -> int:
@@ -279,6 +325,15 @@ def main() -> int:
         conn.execute(sql.SQL("VACUUM ANALYZE {}").format(
             sql.Identifier(settings.target_schema, settings.table_name(SHIP, 2))))
     rows_out: list[dict] = []
+    server = ServerCpu(url)
+
+    def measured(fn) -> dict:  # noqa: ANN001
+        s0, c0 = server.read(), cpu_seconds()
+        r = fn()
+        r.setdefault("client_cpu_s", cpu_seconds() - c0)  # a child process reports its own
+        s1 = server.read()
+        r["server_cpu_s"] = None if s0 is None or s1 is None else s1 - s0
+        return r
 
     def line(name: str, r: dict, note: str = "") -> None:
         m = {"method": name, **r, "rows_per_s": r["rows"] / r["seconds"],
@@ -286,31 +341,44 @@ def main() -> int:
         rows_out.append(m)
         rss = f"{r['peak_rss'] / 2**20:,.0f} MB" if r.get("peak_rss") else ""
         print(f"  {name:<52} {r['rows']:>9,} rows {r['seconds']:>7.1f} s {m['rows_per_s']:>9,.0f} rows/s "
-              f"{m['cells_per_s']:>12,.0f} cells/s {rss:>8}", flush=True)
+              f"{m['cells_per_s']:>12,.0f} cells/s {rss:>8} {cpu_text(m)}", flush=True)
         if r.get("phases"):
             shown = ", ".join(f"{k} {v:.1f}" for k, v in r["phases"].items() if v >= 0.05)
             print(f"      seconds by phase: {shown}")
 
+    def fresh_targets() -> None:
+        for sub in ("parquet", "clickhouse", "clickhouse.lock"):
+            target = scratch / sub
+            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+
     shutil.rmtree(scratch, ignore_errors=True)
-    line("polars.read_database(...).write_parquet(...) per day", polars_baseline(
-        url, settings, catalog, days, scratch / "polars"))
-    line("COPY (SELECT ...) TO STDOUT (FORMAT csv) to a file per day", copy_csv_baseline(
-        url, settings, catalog, days, scratch / "csv"))
-    line("n2w -> Parquet, one ship-day", run_child("parquet", 1))
+    line("polars.read_database(...).write_parquet(...) per day", measured(lambda: polars_baseline(
+        url, settings, catalog, days, scratch / "polars")))
+    line("COPY (SELECT ...) TO STDOUT (FORMAT csv) to a file per day", measured(lambda: copy_csv_baseline(
+        url, settings, catalog, days, scratch / "csv")))
+    line("n2w -> Parquet, one ship-day", measured(lambda: run_child("parquet", 1)))
     if days > 1:
-        line(f"n2w -> Parquet, one ship-week ({days} days)", run_child("parquet", days))
-    line(f"n2w -> ClickHouse (chDB), {days} day(s)", run_child("clickhouse", days))
-    q = query_bench(url, settings, catalog, days)  # on the tables as one load left them
-    line(f"n2w -> ClickHouse again (replaces each ship-day), {days} day(s)", run_child("clickhouse", days))
-    line(f"n2w -> both, {days} day(s)", run_child("both", days))
-    line(f"n2w export --to both through Dagster, {days} day(s)", run_child("dagster", days),
-         "run start-up included")
-    q_after = query_bench(url, settings, catalog, days)  # after four loads of the same days
-    q["clickhouse_s_after_reloads"] = q_after["clickhouse_s"]
-    print(f"  hourly avg of {q['channels']} channels over {q['hours']} hours, one ship: PostgreSQL "
-          f"{q['postgres_s'] * 1000:.0f} ms, ClickHouse {q['clickhouse_s'] * 1000:.0f} ms "
-          f"({q['postgres_s'] / q['clickhouse_s']:.1f}x); ClickHouse after the same days were loaded "
-          f"4 times (lightweight-deleted rows not merged away yet): {q_after['clickhouse_s'] * 1000:.0f} ms")
+        line(f"n2w -> Parquet, one ship-week ({days} days)", measured(lambda: run_child("parquet", days)))
+    line(f"n2w -> ClickHouse (chDB), {days} day(s)", measured(lambda: run_child("clickhouse", days)))
+    q = query_bench(url, settings, catalog, days)  # on the table as one load left it
+    line(f"n2w -> ClickHouse again (replaces each ship-day), {days} day(s)",
+         measured(lambda: run_child("clickhouse", days)))
+    fresh_targets()
+    line(f"n2w -> both, {days} day(s)", measured(lambda: run_child("both", days)), "first export")
+    fresh_targets()
+    line(f"n2w export --to both through Dagster, {days} day(s)", measured(lambda: run_child("dagster", days)),
+         "first export, run start-up included")
+    longer = None
+    if days == 7:
+        longer = query_bench(url, settings, catalog, extend_to_weeks(url, settings, catalog, 4))
+    for qq in (q, longer):
+        if qq:
+            ms = {k: qq[k] * 1000 for k in ("postgres_s", "clickhouse_s", "clickhouse_count_s",
+                                            "clickhouse_select1_s")}
+            print(f"  hourly avg of {qq['channels']} channels over {qq['days']} days ({qq['hours']} hours), "
+                  f"one ship: PostgreSQL {ms['postgres_s']:.1f} ms, ClickHouse {ms['clickhouse_s']:.1f} ms "
+                  f"({qq['postgres_s'] / qq['clickhouse_s']:.1f}x); ClickHouse SELECT count() on the table "
+                  f"{ms['clickhouse_count_s']:.1f} ms, SELECT 1 {ms['clickhouse_select1_s']:.1f} ms")
     polars_rate = rows_out[0]["rows_per_s"]
     parquet = next(m for m in reversed(rows_out) if m["method"].startswith("n2w -> Parquet"))
     chm = next(m for m in rows_out if m["method"].startswith("n2w -> ClickHouse (chDB)"))
@@ -320,27 +388,40 @@ def main() -> int:
         "parquet_peak_rss_mb": parquet["peak_rss"] / 2**20,
         "parquet_rss_week_over_day": parquet["peak_rss"] / day_rss,
         "clickhouse_over_parquet_rate": chm["rows_per_s"] / parquet["rows_per_s"],
+        "clickhouse_peak_rss_mb": chm["peak_rss"] / 2**20,
         "query_x": q["postgres_s"] / q["clickhouse_s"],
+        "query_x_longer": longer["postgres_s"] / longer["clickhouse_s"] if longer else None,
     }
     print()
-    print(f"{'method':<64} {'rows/s':>9} {'cells/s':>12} {'x polars':>8} {'peak RSS':>9}")
+    print(f"{'method':<64} {'rows/s':>9} {'cells/s':>12} {'x polars':>8} {'peak RSS':>9}  CPU s per ship-day")
     for m in rows_out:
         rss = f"{m['peak_rss'] / 2**20:,.0f} MB" if m.get("peak_rss") else ""
         print(f"{m['method']:<64} {m['rows_per_s']:>9,.0f} {m['cells_per_s']:>12,.0f} "
-              f"{m['rows_per_s'] / polars_rate:>8.2f} {rss:>9}")
+              f"{m['rows_per_s'] / polars_rate:>8.2f} {rss:>9}  {cpu_text(m)}")
     print()
+    longer_text = (f", over {longer['days']} days {summary['query_x_longer']:.1f}x" if longer else "")
     print(f"targets: Parquet {summary['parquet_x_polars']:.2f}x polars (>= 2); peak RSS "
           f"{summary['parquet_peak_rss_mb']:.0f} MB (<= 1024), "
           f"week/day {summary['parquet_rss_week_over_day']:.2f} "
-          f"(flat); ClickHouse {summary['clickhouse_over_parquet_rate']:.2f}x Parquet rows/s (>= 0.5); "
-          f"query {summary['query_x']:.1f}x faster on ClickHouse (>= 10)")
+          f"(flat); ClickHouse {summary['clickhouse_over_parquet_rate']:.2f}x Parquet rows/s (>= 0.5), "
+          f"peak RSS {summary['clickhouse_peak_rss_mb']:.0f} MB; query {summary['query_x']:.1f}x faster "
+          f"on ClickHouse (>= 10){longer_text}")
     folder = ROOT / "benchmarks" / "results"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"export-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
-    path.write_text(json.dumps({"methods": rows_out, "query": q, "summary": summary,
+    path.write_text(json.dumps({"methods": rows_out, "query": q, "query_longer": longer, "summary": summary,
                                 "machine": {"cpus": os.cpu_count()}}, indent=2, default=str))
     print(f"written {path}")
     return 0
+
+
+def cpu_text(m: dict) -> str:
+    """Client and server CPU seconds per ship-day (a ship-day: the three tables' rows of one day)."""
+    ship_days = m["rows"] / ROWS_PER_SHIP_DAY
+    if not ship_days or m.get("client_cpu_s") is None:
+        return ""
+    server = f" + server {m['server_cpu_s'] / ship_days:.2f}" if m.get("server_cpu_s") is not None else ""
+    return f"client {m['client_cpu_s'] / ship_days:.2f}{server}"
 
 
 if __name__ == "__main__":
