@@ -293,9 +293,10 @@ def extend_to_weeks(url: str, settings: Settings, catalog, weeks: int) -> int:  
         table = f"{ident('n2w')}.{ident(g.asset_name)}"
         for k in range(1, weeks):
             backend.command(
+                # the filter in a subquery: in the outer SELECT, created_time is the shifted alias
                 f"INSERT INTO {table} SELECT * REPLACE (created_time + INTERVAL {7 * k} DAY AS created_time) "
-                f"FROM {table} WHERE created_time >= {{a:DateTime64(6, 'UTC')}} "
-                "AND created_time < {b:DateTime64(6, 'UTC')}",
+                f"FROM (SELECT * FROM {table} WHERE created_time >= {{a:DateTime64(6, 'UTC')}} "
+                "AND created_time < {b:DateTime64(6, 'UTC')})",
                 {"a": f"{START:%Y-%m-%d %H:%M:%S}", "b": f"{START + week:%Y-%m-%d %H:%M:%S}"})
         backend.command(f"OPTIMIZE TABLE {table} FINAL")
     return 7 * weeks

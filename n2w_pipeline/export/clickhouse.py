@@ -325,6 +325,10 @@ class DayLoad:
             self.backend.insert_arrow(self.stage_table, pa.concat_tables(self.parts))
         self.parts = []
         self.staged = table_stats(self.backend, self.stage_table, self.group.columns)
+        # the day's buffers are free now: hand them back, so two days in flight do not add up
+        pa.default_memory_pool().release_unused()
+        if isinstance(self.backend, ChdbBackend):
+            self.backend.command("SYSTEM JEMALLOC PURGE")
         return self.staged
 
     def replace_day(self, start: dt.datetime, end: dt.datetime) -> int:
