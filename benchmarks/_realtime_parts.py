@@ -67,6 +67,24 @@ def wait_first_tick(dagster_url: str, timeout: float = 180.0) -> float:
     raise SystemExit(f"the realtime sensor did not tick within {timeout:.0f} s")
 
 
+def wait_quiet(dagster_url: str, quiet: float = 15.0, timeout: float = 240.0) -> float:
+    """Seconds until no run has been queued or running for ``quiet`` seconds: the daemon's
+    start-up work (the day products' first ticks request runs of the last finished day) is
+    over before the first measured minute, as on a daemon that has been up for a while."""
+    t0 = time.time()
+    since = time.time()
+    while time.time() - t0 < timeout:
+        with psycopg.connect(_pg(dagster_url), autocommit=True) as conn:
+            (busy,) = conn.execute("SELECT count(*) FROM runs WHERE status IN "
+                                   "('QUEUED', 'NOT_STARTED', 'STARTING', 'STARTED')").fetchone()
+        if busy:
+            since = time.time()
+        elif time.time() - since >= quiet:
+            return time.time() - t0
+        time.sleep(1)
+    return time.time() - t0
+
+
 # --------------------------------------------------------------------------- where the time goes
 
 

@@ -7,7 +7,8 @@ On a fresh embedded PostgreSQL in a scratch state dir (or --state-dir), this:
    directly (it is "already done");
 2. starts ``dagster-daemon run`` (no webserver) on n2w's instance and workspace, with the
    realtime sensor on (N2W_REALTIME=1), and waits for its first tick;
-3. every 60 s, for --minutes minutes, inserts one minute of 15-second samples of every
+3. once the daemon's start-up runs are done, every 60 s (at a random second of the daemon's
+   5 s loop, as ships send), for --minutes minutes, inserts one minute of 15-second samples of every
    listed channel for each of --ships ships (one transaction per ship, 4 timestamps ×
    1,052 channels = 4,208 rows), stamped with the current UTC minute; at minute
    --late-at it also inserts a late minute for the hour that is already done;
@@ -37,6 +38,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import random
 import shutil
 import statistics
 import sys
@@ -62,6 +64,7 @@ from _realtime_parts import (  # noqa: E402
     stop_group,
     tick_cadence,
     wait_first_tick,
+    wait_quiet,
 )
 
 from n2w_pipeline.channels import load_catalog  # noqa: E402
@@ -308,10 +311,11 @@ def measure(args: argparse.Namespace, url: str, settings: Settings, ships: list[
     me = psutil.Process()
     start = time.time()
     cpu0 = (dagster_cpu.total(), pg_cpu.total() if pg_cpu else 0.0, sum(me.cpu_times()[:2]))
+    rng = random.Random(14)  # ships do not send in step with the daemon's 5 s loop: a random phase
     with psycopg.connect(url, autocommit=True) as conn:
         for i in range(args.minutes):
             slot = start + 60 * i
-            time.sleep(max(0.0, slot - time.time()))
+            time.sleep(max(0.0, slot + rng.uniform(0.0, 5.0) - time.time()))
             minute = dt.datetime.now(dt.UTC).replace(tzinfo=None, second=0, microsecond=0)
             batch = [(ship, minute, False) for ship in ships]
             if i == args.late_at:
@@ -414,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"dagster-daemon pid {daemon.pid} (log {log}); waiting for the sensor's first tick ...")
         print(f"first tick after {wait_first_tick(env['N2W_DAGSTER_PG_URL']):.1f} s")
+        print(f"start-up runs done, daemon quiet, after {wait_quiet(env['N2W_DAGSTER_PG_URL']):.0f} s")
         if load is not None:
             load.start()
             time.sleep(10)  # the first backfill run under way before the first minute
