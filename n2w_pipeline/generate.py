@@ -95,12 +95,16 @@ def generate(
     channels: Sequence[str] | None = None,
     own_table: bool = False,
     progress: Callable[[int, int, int], None] | None = None,
+    interleave: bool = False,
 ) -> int:
     """Insert synthetic narrow rows for ``ships`` over [start, end); returns rows inserted.
-    ``progress(done, total, rows)`` after each ship-day statement (rows: inserted so far).
+    ``progress(done, total, rows)`` after each statement, a ship-day (a ship-hour with
+    ``interleave``); rows: inserted so far.
 
     Re-running with the same arguments inserts nothing new (primary key conflicts are
-    skipped), so ``generate`` is safe to repeat.
+    skipped), so ``generate`` is safe to repeat. ``interleave``: every ship's hour in turn,
+    hour by hour, so the ships' rows share the table's pages the way a fleet's ingestion
+    lays them out; otherwise ship after ship, a day per statement.
 
     The table's structure is changed only when it is n2w's own: created by this call, or
     ``own_table`` (the embedded database's). Then an empty table is loaded without its
@@ -153,24 +157,22 @@ WHERE (h >> 12) %% 100 >= %(missing)s
             sv=ident(c.str_v), lv=ident(c.long_v), dv=ident(c.double_v), vf=ident(c.value_format),
             conflict=sql.SQL("" if fresh else "ON CONFLICT DO NOTHING"),
         )
-        last = end - CADENCE
-        day = dt.timedelta(days=1)
-        steps = len(ships) * -(-(end - start) // day)
-        done = 0
-        for ship in ships:
-            cursor = start
-            while cursor < end:  # a day per statement keeps the sort in memory
-                chunk_end = min(cursor + day, end)
-                cur = conn.execute(
-                    stmt,
-                    {"ship": ship, "start": cursor, "last": min(chunk_end - CADENCE, last),
-                     "salt": _salt(seed, ship), "missing": missing_pct},
-                )
-                total += cur.rowcount
-                cursor = chunk_end
-                done += 1
-                if progress is not None:
-                    progress(done, steps, total)
+        step = dt.timedelta(hours=1 if interleave else 24)  # a day at most keeps the sort in memory
+        bounds = [(start + i * step, min(start + (i + 1) * step, end))
+                  for i in range(-(-(end - start) // step))]
+        if interleave:
+            chunks = [(ship, a, b) for a, b in bounds for ship in ships]
+        else:
+            chunks = [(ship, a, b) for ship in ships for a, b in bounds]
+        for done, (ship, a, b) in enumerate(chunks, 1):
+            cur = conn.execute(
+                stmt,
+                {"ship": ship, "start": a, "last": b - CADENCE, "salt": _salt(seed, ship),
+                 "missing": missing_pct},
+            )
+            total += cur.rowcount
+            if progress is not None:
+                progress(done, len(chunks), total)
     if own_table:
         create_source_indexes(conn, settings)
     conn.execute(sql.SQL("ANALYZE {}").format(ident(*settings.source_qualified)))
