@@ -1,9 +1,15 @@
-"""Narrow → wide for one ship and a window of hours: extract, pivot, write, in slices.
+"""Narrow → wide for ships × a window of hours: extract, pivot, write, in slices.
 
 No Dagster here: the assets, the CLI and the benchmarks call ``materialize_window``.
 Each slice of ``settings.slice_hours`` hours is one transaction (locks, read, pivot,
 write, issue counts), so memory is bounded by the slice, not by the window, and a killed
 run leaves whole hours behind it, never a partial one.
+
+Several ships (``fleet_slices``). A window of several ships is cut into slices of a few
+hours of all of them (about ``slice_hours`` ship-hours), each read in one statement
+(``NarrowReader.read_fleet``): on a table holding the whole fleet that reads each page of
+those hours once, instead of once per ship. The slice is then split by ship and each
+ship's rows go through the same body as a one-ship slice, in the same transaction.
 
 Pipelining. A window is processed by ``PIPELINE_LANES`` lanes (threads), each with its
 own writer connection and its own ADBC reader. A lane opens its slice's transaction,
@@ -54,6 +60,9 @@ PIPELINE_LANES = 2
 N2W_SLICE_HOURS (6), `n2w backfill --parallel` (1) and N2W_CORRECTION_WORKERS (2) follow from
 `n2w bench sweep`: each was within the noise of the fastest configuration of its grid
 (docs/operations.md#throughput-sweep; the sweep of 2026-12-02 ran on a busy machine)."""
+
+FLEET_SLICE_SHIPS = 8
+"""At most this many ships (or ``slice_hours``, if more) are read in one slice."""
 
 UNKNOWN_GROUP = 0
 
@@ -256,6 +265,31 @@ def _issue_rows(
     return out
 
 
+Slice = tuple[tuple[str, ...], dt.datetime, dt.datetime]  # ships, start, end
+
+
+def fleet_slices(ships: Sequence[str], start: dt.datetime, end: dt.datetime, slice_hours: int) -> list[Slice]:
+    """``ships`` × [start, end) as slices of about ``slice_hours`` ship-hours: one ship gets
+    ``slice_hours`` hours a slice; n ships get ``slice_hours // n`` hours (at least one) of
+    up to ``max(slice_hours, FLEET_SLICE_SHIPS)`` ships. In time order, then ship order."""
+    per = max(slice_hours, FLEET_SLICE_SHIPS)
+    ship_sets = [tuple(ships[i:i + per]) for i in range(0, len(ships), per)]
+    hours = max(1, slice_hours // max(len(g) for g in ship_sets))
+    return [(g, a, b) for a, b in window_slices(start, end, hours) for g in ship_sets]
+
+
+def ships_name(ships: Sequence[str]) -> str:
+    """How logs and errors name a window's or a slice's ships."""
+    return ships[0] if len(ships) == 1 else f"{ships[0]}..{ships[-1]} ({len(ships)} ships)"
+
+
+def _by_ship(frame: pl.DataFrame, ships: Sequence[str]) -> dict[str, pl.DataFrame]:
+    """A fleet read's rows split per ship (``ship`` is the position in ``ships``)."""
+    parts = frame.partition_by("ship", as_dict=True, include_key=False)
+    empty = frame.drop("ship").clear()
+    return {ship: parts.get((i,), empty) for i, ship in enumerate(ships)}
+
+
 def prepare_tables(
     conn: psycopg.Connection,
     settings: Settings,
@@ -279,11 +313,35 @@ def prepare_tables(
     return notes
 
 
+def _slice(
+    conn: psycopg.Connection,
+    reader: NarrowReader,
+    settings: Settings,
+    codes: ChannelCodes,
+    groups: Sequence[ChannelGroup],
+    ships: tuple[str, ...],
+    start: dt.datetime,
+    end: dt.datetime,
+) -> WindowStats:
+    """One slice in the caller's transaction: hour locks of every ship (ships in order, so
+    two slices never wait for each other in a cycle), one read, then each ship's body."""
+    for ship in sorted(ships):
+        lock_hours(conn, ship, start, end)  # the first one opens the slice's transaction
+    if len(ships) == 1:
+        parts = {ships[0]: reader.read(ships[0], start, end)}
+    else:
+        parts = _by_ship(reader.read_fleet(ships, start, end), ships)
+    stats = WindowStats(",".join(ships), start, end)
+    for ship in ships:
+        stats.merge(_slice_body(conn, parts.pop(ship), settings, codes, groups, ship, start, end))
+    return stats
+
+
 def materialize_window(
     url: str,
     settings: Settings,
     catalog: ChannelCatalog,
-    ship: str,
+    ship: str | Sequence[str],
     start: dt.datetime,
     end: dt.datetime,
     groups: Sequence[ChannelGroup] | None = None,
@@ -293,34 +351,36 @@ def materialize_window(
     log: logging.Logger | None = None,
     connections: LanePool | None = None,
 ) -> WindowStats:
-    """Make the wide tables of ``ship`` for [start, end) equal the narrow rows (+ corrections).
+    """Make the wide tables of ``ship`` (one id, or several: ``fleet_slices``) for
+    [start, end) equal the narrow rows (+ corrections).
 
     ``url`` is the data database (wide tables, corrections, locks); the narrow rows are
     read from ``source_url`` (default: ``url``), e.g. a replica of the ingest database.
 
-    Processes ``settings.slice_hours`` hours per transaction, ``lanes`` slices in flight
-    (default: ``N2W_PIPELINE_LANES``, else ``PIPELINE_LANES``; see the module docstring), and
-    calls ``progress(done, total, stats_so_far)`` after each committed slice. A transient
-    database error (``retries.py``: a lost connection, a server restart, a deadlock, …) rolls
-    the slice back and runs it again on new connections, up to ``N2W_DB_RETRIES`` times with
-    backoff and jitter (each attempt logged on ``log``), then fails it with one line
-    (``RetriesExhausted``). ``connections``: a ``LanePool`` the caller keeps open across
-    windows (a run of many ship-hours: opening a reader costs ~0.2 s); without it the window
-    opens and closes its own. On an error the failing slice rolls back, slices already started
-    finish (commit or roll back whole), no new
-    slice starts, and the error is raised.
+    Processes about ``settings.slice_hours`` ship-hours per transaction (``fleet_slices``),
+    ``lanes`` slices in flight (default: ``N2W_PIPELINE_LANES``, else ``PIPELINE_LANES``; see
+    the module docstring), and calls ``progress(done, total, stats_so_far)`` after each
+    committed slice. A transient database error (``retries.py``: a lost connection, a server
+    restart, a deadlock, …) rolls the slice back and runs it again on new connections, up to
+    ``N2W_DB_RETRIES`` times with backoff and jitter (each attempt logged on ``log``), then
+    fails it with one line (``RetriesExhausted``). ``connections``: a ``LanePool`` the caller
+    keeps open across windows (a run of many ship-hours: opening a reader costs ~0.2 s);
+    without it the window opens and closes its own. On an error the failing slice rolls back,
+    slices already started finish (commit or roll back whole), no new slice starts, and the
+    error is raised.
     """
+    ships = (ship,) if isinstance(ship, str) else tuple(ship)
     groups = list(catalog.groups if groups is None else groups)
     codes = ChannelCodes.from_catalog(catalog)
-    slices = window_slices(start, end, settings.slice_hours)
+    slices = fleet_slices(ships, start, end, settings.slice_hours)
     lanes = max(1, min(lanes or settings.pipeline_lanes or PIPELINE_LANES, len(slices)))
-    total = WindowStats(ship, start, end)
+    total = WindowStats(",".join(ships), start, end)
     t0 = time.perf_counter()
-    where = f"{ship} {start:%Y-%m-%d %H:%M}..{end:%Y-%m-%d %H:%M}"
+    where = f"{ships_name(ships)} {start:%Y-%m-%d %H:%M}..{end:%Y-%m-%d %H:%M}"
 
     def prepare() -> None:
         with psycopg.connect(url, autocommit=True) as ddl:
-            prepare_tables(ddl, settings, groups, [ship], (start, end))
+            prepare_tables(ddl, settings, groups, ships, (start, end))
 
     with_retries(settings, f"{where}: preparing the tables", prepare, log)
     own = connections is None
@@ -332,14 +392,12 @@ def materialize_window(
         free_lock = threading.Lock()
         failed = threading.Event()
 
-        def attempt(lane: Lane, s: dt.datetime, e: dt.datetime) -> WindowStats:
+        def attempt(lane: Lane, sl: Slice) -> WindowStats:
             if failed.is_set():  # another slice failed for good: the window fails anyway
                 raise _Skipped()
             conn, reader = lane.open()
             try:
-                lock_hours(conn, ship, s, e)  # opens the slice's transaction
-                narrow = reader.read(ship, s, e)
-                stats = _slice_body(conn, narrow, settings, codes, groups, ship, s, e)
+                stats = _slice(conn, reader, settings, codes, groups, *sl)
                 conn.commit()
             except BaseException:
                 with contextlib.suppress(psycopg.Error):  # broken: the server rolled back
@@ -347,15 +405,16 @@ def materialize_window(
                 raise
             return stats
 
-        def run_slice(s: dt.datetime, e: dt.datetime) -> WindowStats:
+        def run_slice(sl: Slice) -> WindowStats:
             if failed.is_set():
                 raise _Skipped()
             t_slice = time.perf_counter()
             with free_lock:
                 lane = free.pop()
+            ss, s, e = sl
             try:  # a transient error: the slice again, on new connections (see retries.py)
-                stats = with_retries(settings, f"{ship} slice {s:%Y-%m-%d %H:%M}..{e:%H:%M}",
-                                     lambda: attempt(lane, s, e), log, on_retry=lambda _: lane.drop())
+                stats = with_retries(settings, f"{ships_name(ss)} slice {s:%Y-%m-%d %H:%M}..{e:%H:%M}",
+                                     lambda: attempt(lane, sl), log, on_retry=lambda _: lane.drop())
             except BaseException:
                 failed.set()
                 raise
@@ -367,10 +426,9 @@ def materialize_window(
 
         with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="n2w-slice") as pool:
             pending: set[Future[WindowStats]] = set()
-            queue = iter(slices)
             done_count = 0
-            for s, e in queue:  # keep exactly `lanes` slices submitted, in order
-                pending.add(pool.submit(run_slice, s, e))
+            for sl in slices:  # keep exactly `lanes` slices submitted, in order
+                pending.add(pool.submit(run_slice, sl))
                 if len(pending) < lanes:
                     continue
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -429,7 +487,7 @@ def _collect(
         raise real[0]
     # a skipped slice can finish before the failing one; that error comes with its own future
     ok = [f for f in finished if f.exception() is None]
-    for f in sorted(ok, key=lambda f: f.result().start):
+    for f in sorted(ok, key=lambda f: (f.result().start, f.result().ship)):
         total.merge(f.result())
         done += 1
         if progress is not None:

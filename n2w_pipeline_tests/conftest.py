@@ -8,6 +8,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg
@@ -16,6 +17,7 @@ from psycopg import sql
 
 from n2w_pipeline.channels import ChannelCatalog, load_catalog
 from n2w_pipeline.config import Settings
+from n2w_pipeline.instance import BOOKKEEPING_ENV
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -80,3 +82,22 @@ def catalog(settings: Settings) -> ChannelCatalog:
 def conn(pg_url: str) -> Iterator[psycopg.Connection]:
     with psycopg.connect(pg_url, autocommit=True) as c:
         yield c
+
+
+@pytest.fixture
+def backfill_env(settings: Settings, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """An n2w Dagster instance of its own (fresh database), env restored afterwards."""
+    name = f"n2w_test_dagster_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(pg_url)
+    storage = urlunsplit(parts._replace(scheme="postgresql+psycopg2", path=f"/{name}"))
+    for key in ("DAGSTER_HOME", "N2W_DATABASE_URL", "N2W_STATE_DIR", "N2W_COMPUTE_LOG_DIR",
+                *BOOKKEEPING_ENV):
+        monkeypatch.setenv(key, "")  # so that monkeypatch restores what apply_dagster_env sets
+    monkeypatch.setenv("N2W_DAGSTER_PG_URL", storage)
+    yield replace(settings, slice_hours=1, run_hours=3)
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

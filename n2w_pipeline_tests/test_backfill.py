@@ -4,8 +4,6 @@ interrupted run — every table checked against the independent SQL pivot. No ti
 from __future__ import annotations
 
 import datetime as dt
-import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 
 import dagster as dg
@@ -18,8 +16,7 @@ from n2w_pipeline.commands._common import materialized_hours, plan_runs, run_bac
 from n2w_pipeline.config import Settings
 from n2w_pipeline.defs.wide_assets import wide_asset_key
 from n2w_pipeline.generate import generate
-from n2w_pipeline.instance import BOOKKEEPING_ENV
-from n2w_pipeline.materialize import materialize_window, prepare_tables
+from n2w_pipeline.materialize import fleet_slices, materialize_window, prepare_tables
 from n2w_pipeline_tests.helpers import hour_key, run_wide, sql_reference, wide_cells
 
 H0 = dt.datetime(2025, 3, 1, 0, 0)
@@ -51,11 +48,40 @@ def rows_per_hour(conn: psycopg.Connection, settings: Settings, catalog: Channel
 def test_plan_runs_cuts_ranges_and_skips_done_hours():
     a, b = "IMO1", "IMO2"
     h = [H0 + i * HOUR for i in range(10)]
-    assert plan_runs([a], H0, h[5], 2) == [(a, h[0], h[2]), (a, h[2], h[4]), (a, h[4], h[5])]
+    assert plan_runs([a], H0, h[5], 2) == [((a,), h[0], h[2]), ((a,), h[2], h[4]), ((a,), h[4], h[5])]
     done = {a: {h[1], h[2], h[6]}, b: set(h)}
     assert plan_runs([a, b], H0, H0 + 10 * HOUR, 3, done) == [
-        (a, h[0], h[1]), (a, h[3], h[6]), (a, h[7], H0 + 10 * HOUR)]
+        ((a,), h[0], h[1]), ((a,), h[3], h[6]), ((a,), h[7], H0 + 10 * HOUR)]
     assert plan_runs([b], H0, H0 + 10 * HOUR, 3, done) == []
+
+
+def test_plan_runs_makes_blocks_of_consecutive_ships():
+    """Ships × hours blocks of at most run_hours partitions, ships consecutive in the
+    dimension's order (a Dagster range covers every ship between its ends)."""
+    a, b, c, d = "IMO1", "IMO2", "IMO3", "IMO4"
+    h = [H0 + i * HOUR for i in range(11)]
+    order = [a, b, c, d]
+    assert plan_runs(order, H0, h[10], 8) == [((a, b, c, d), h[i], h[i + 2]) for i in range(0, 10, 2)]
+    # c not asked for: two blocks, each cut into equal runs of at most 8 partitions
+    assert plan_runs([d, a, b], H0, h[10], 8, order=order) == [
+        ((a, b), h[0], h[4]), ((d,), h[0], h[5]), ((a, b), h[4], h[8]), ((d,), h[5], h[10]),
+        ((a, b), h[8], h[10])]
+    # b already has its first hour: that hour is a's alone, the rest a block of both
+    assert plan_runs([a, b], H0, h[10], 8, {b: {h[0]}}) == [
+        ((a,), h[0], h[1]), ((a, b), h[1], h[4]), ((a, b), h[4], h[7]), ((a, b), h[7], h[10])]
+    # more ships than partitions per run: one hour of at most run_hours ships
+    assert plan_runs(order, H0, h[1], 3) == [((a, b, c), h[0], h[1]), ((d,), h[0], h[1])]
+
+
+def test_fleet_slices_cover_ship_hours():
+    a, b, c = "IMO1", "IMO2", "IMO3"
+    h = [H0 + i * HOUR for i in range(7)]
+    assert fleet_slices([a], H0, h[6], 4) == [((a,), h[0], h[4]), ((a,), h[4], h[6])]
+    assert fleet_slices([a, b], H0, h[3], 4) == [((a, b), h[0], h[2]), ((a, b), h[2], h[3])]
+    assert fleet_slices([a, b, c], H0, h[2], 2) == [((a, b, c), h[0], h[1]), ((a, b, c), h[1], h[2])]
+    ships = [f"IMO{i}" for i in range(10)]  # more than FLEET_SLICE_SHIPS: two reads an hour
+    assert fleet_slices(ships, H0, h[1], 2) == [(tuple(ships[:8]), h[0], h[1]),
+                                                (tuple(ships[8:]), h[0], h[1])]
 
 
 def test_hour_spanning_range_run_through_pipelined_slices(settings, catalog, conn):
@@ -94,30 +120,14 @@ def test_ship_spanning_range_run(settings, catalog, conn):
         assert_equals_reference(conn, s, catalog, ship, H0, H0 + 2 * HOUR)
 
 
-@pytest.fixture
-def backfill_env(settings: Settings, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    """An n2w Dagster instance of its own (fresh database), env restored afterwards."""
-    name = f"n2w_test_dagster_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(pg_url, autocommit=True) as c:
-        c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(pg_url)
-    storage = urlunsplit(parts._replace(scheme="postgresql+psycopg2", path=f"/{name}"))
-    for key in ("DAGSTER_HOME", "N2W_DATABASE_URL", "N2W_STATE_DIR", "N2W_COMPUTE_LOG_DIR",
-                *BOOKKEEPING_ENV):
-        monkeypatch.setenv(key, "")  # so that monkeypatch restores what apply_dagster_env sets
-    monkeypatch.setenv("N2W_DAGSTER_PG_URL", storage)
-    yield replace(settings, slice_hours=1, run_hours=3, ships=settings.ships[:2])
-    with psycopg.connect(pg_url, autocommit=True) as c:
-        c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
 def test_interrupted_parallel_backfill_resumes_only_missing_partitions(backfill_env, catalog, conn):
+    """Runs of one ship each (the two ships are not neighbours in N2W_SHIPS, so no run can
+    cover both), two at a time; one dies in its third hour."""
     s = backfill_env
-    ok, broken = s.ships
+    ok, broken = s.ships[0], s.ships[2]
+    ships = [ok, broken]
     end = H0 + 3 * HOUR
-    generate(conn, s, catalog, s.ships, H0, end, seed=23)
+    generate(conn, s, catalog, ships, H0, end, seed=23)
     # The run of `broken` dies in its third hour: a trigger rejects rows from 02:00 on,
     # in one group only (the others are written in the same transaction).
     with psycopg.connect(s.database_url, autocommit=True) as c:
@@ -131,7 +141,7 @@ def test_interrupted_parallel_backfill_resumes_only_missing_partitions(backfill_
             table, sql.Literal(H0 + 2 * HOUR), fn))
 
     with pytest.raises(Exception, match="simulated failure"):
-        run_backfill(s, s.ships, H0, end, quiet=True, parallel=2, resume=True)
+        run_backfill(s, ships, H0, end, quiet=True, parallel=2, resume=True)
 
     # no partial hour: hour 02:00 of `broken` is in none of its tables; earlier hours are whole
     per_hour = rows_per_hour(conn, s, catalog, broken)
@@ -141,13 +151,13 @@ def test_interrupted_parallel_backfill_resumes_only_missing_partitions(backfill_
         assert len({hours.get(h) for hours in per_hour.values()}) == 1  # all tables or none
 
     with dg.DagsterInstance.get() as instance:
-        done = materialized_hours(instance, s, [wide_asset_key(g) for g in catalog.groups], s.ships)
+        done = materialized_hours(instance, s, [wide_asset_key(g) for g in catalog.groups], ships)
     assert done == {ok: {H0, H0 + HOUR, H0 + 2 * HOUR}, broken: set()}
 
     conn.execute(sql.SQL("DROP TRIGGER reject ON {}").format(table))
-    summaries = run_backfill(s, s.ships, H0, end, quiet=True, parallel=1, resume=True)
-    assert [(r["ship"], r["start"], r["end"]) for r in summaries] == [(broken, H0, end)]
-    for ship in s.ships:
+    summaries = run_backfill(s, ships, H0, end, quiet=True, parallel=1, resume=True)
+    assert [(r["ships"], r["start"], r["end"]) for r in summaries] == [((broken,), H0, end)]
+    for ship in ships:
         assert_equals_reference(conn, s, catalog, ship, H0, end)
     # and now there is nothing left to do
-    assert run_backfill(s, s.ships, H0, end, quiet=True, resume=True) == []
+    assert run_backfill(s, ships, H0, end, quiet=True, resume=True) == []

@@ -83,7 +83,7 @@ def celery_run(run: Run, backfill_id: str) -> dict:
                                 run_config=dagster_console(), tags=tags)
         if not result.success:
             raise BackfillFailed(
-                f"run {result.run_id} ({run[0]} {run[1]:%Y-%m-%d %H:%M}..{run[2]:%Y-%m-%d %H:%M}) "
+                f"run {result.run_id} ({task_name(run)}) "
                 f"failed: {run_error(instance, result.run_id)}")
     return run_summary(run, result, t0)
 

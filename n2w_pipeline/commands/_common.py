@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 
 from n2w_pipeline.commands._progress import Bar
 from n2w_pipeline.config import Settings
-from n2w_pipeline.hours import floor_hour, hour_ranges, hours_between
+from n2w_pipeline.hours import HOUR, floor_hour, hour_ranges, hours_between
 
 PROGRESS_LOGGER = "n2w.progress"
 
@@ -128,7 +128,8 @@ class ProgressBar(logging.Handler):
         self.bar.line(text)
 
 
-Run = tuple[str, dt.datetime, dt.datetime]  # ship, start, end (exclusive)
+Run = tuple[tuple[str, ...], dt.datetime, dt.datetime]
+"""ships (consecutive in N2W_SHIPS), start, end (exclusive): one Dagster range run."""
 
 
 def plan_runs(
@@ -137,16 +138,53 @@ def plan_runs(
     end: dt.datetime,
     run_hours: int,
     done: Mapping[str, set[dt.datetime]] | None = None,
+    order: Sequence[str] | None = None,
 ) -> list[Run]:
-    """The runs of a backfill: per ship, the hours of [start, end) not in ``done[ship]``,
-    cut into contiguous ranges of at most ``run_hours`` hours (a run is one ship × a
-    contiguous hour range, like an asset backfill with ``BackfillPolicy.multi_run``)."""
+    """The runs of a backfill: the (ship, hour) partitions of ``ships`` × [start, end) not
+    in ``done[ship]``, as blocks of ships × contiguous hours of at most ``run_hours``
+    partitions each, in time order.
+
+    A block's ships are consecutive in ``order`` (the ship dimension's order, N2W_SHIPS;
+    default ``ships``), because a Dagster range run from (first ship, first hour) to
+    (last ship, last hour) covers every ship in between. Hours that the same ships still
+    need form one stretch; a stretch of k ships is cut into equal runs of at most
+    ``run_hours // k`` hours, so the fleet's ships share each read (``fleet_slices``)
+    while a run stays as big as a one-ship run of ``run_hours`` hours.
+    """
+    position = {ship: i for i, ship in enumerate(order or ships)}
+    wanted = sorted(set(ships), key=position.__getitem__)
+    skip = done or {}
+    stretches: list[tuple[tuple[str, ...], list[dt.datetime]]] = []
+    for hour in hours_between(start, end):
+        need = tuple(s for s in wanted if hour not in skip.get(s, ()))
+        if stretches and stretches[-1][0] == need and stretches[-1][1][-1] + HOUR == hour:
+            stretches[-1][1].append(hour)
+        elif need:
+            stretches.append((need, [hour]))
     runs: list[Run] = []
+    for need, hours in stretches:
+        for block in _consecutive(need, position, run_hours):
+            per_run = max(1, run_hours // len(block))
+            count = -(-len(hours) // per_run)
+            size = -(-len(hours) // count)  # equal runs: two at a time finish together
+            runs += [(block, a, b) for a, b in hour_ranges(hours, size)]
+    return sorted(runs, key=lambda r: (r[1], position[r[0][0]]))
+
+
+def _consecutive(ships: Sequence[str], position: Mapping[str, int], most: int) -> list[tuple[str, ...]]:
+    """``ships`` (in ``position`` order) cut where a ship of the order is missing, and
+    into pieces of at most ``most`` ships."""
+    blocks: list[list[str]] = []
     for ship in ships:
-        skip = (done or {}).get(ship, set())
-        todo = (h for h in hours_between(start, end) if h not in skip)
-        runs += [(ship, a, b) for a, b in hour_ranges(todo, run_hours)]
-    return runs
+        if blocks and position[ship] == position[blocks[-1][-1]] + 1 and len(blocks[-1]) < most:
+            blocks[-1].append(ship)
+        else:
+            blocks.append([ship])
+    return [tuple(b) for b in blocks]
+
+
+def run_ship_hours(run: Run) -> float:
+    return len(run[0]) * (run[2] - run[1]).total_seconds() / 3600
 
 
 def materialized_hours(
@@ -236,27 +274,31 @@ def run_line(summary: dict) -> str:
     """The line printed when a run of `n2w backfill` finishes."""
     md = next(iter(summary["assets"].values()), {})
     rows, secs = md.get("narrow_rows_read", 0), summary["seconds"]
-    return (f"run {summary['run_id'][:8]} {summary['ship']} {summary['start']:%Y-%m-%d %H:%M}.."
-            f"{summary['end']:%Y-%m-%d %H:%M}: {rows:,} rows in {secs:.1f} s "
+    run = (summary["ships"], summary["start"], summary["end"])
+    return (f"run {summary['run_id'][:8]} {task_name(run)}: {rows:,} rows in {secs:.1f} s "
             f"({rows / secs if secs else 0:,.0f} rows/s)")
+
 
 class BackfillFailed(Exception):
     """A run of `n2w backfill` failed; the message says which and why, in one line."""
 
 
 def task_name(run: Run) -> str:
-    """The progress bar's key of a run."""
-    return f"{run[0]}@{run[1].isoformat()}"
+    """The progress bar's key of a run, and how messages name it."""
+    ships, start, end = run
+    who = ships[0] if len(ships) == 1 else f"{ships[0]}..{ships[-1]} ({len(ships)} ships)"
+    return f"{who} {start:%Y-%m-%d %H:%M}..{end:%Y-%m-%d %H:%M}"
 
 
 def run_tags(run: Run) -> dict[str, str]:
-    """Tags of a backfill run: its partition range (one ship × contiguous hours)."""
+    """Tags of a backfill run: its partition range, (first ship, first hour) to (last
+    ship, last hour); Dagster's range covers every ship in between × every hour."""
     from n2w_pipeline.defs.partitions import partition_key
 
-    ship, start, stop = run
+    ships, start, stop = run
     return {
-        "dagster/asset_partition_range_start": partition_key(ship, start),
-        "dagster/asset_partition_range_end": partition_key(ship, stop - dt.timedelta(hours=1)),
+        "dagster/asset_partition_range_start": partition_key(ships[0], start),
+        "dagster/asset_partition_range_end": partition_key(ships[-1], stop - HOUR),
         "n2w/launched_by": "n2w backfill",
         "n2w/kind": "backfill",
     }
@@ -266,7 +308,7 @@ def run_summary(run: Run, result, t0: float) -> dict:  # noqa: ANN001 - a Dagste
     md: dict[str, dict] = {}
     for m in result.asset_materializations_for_node("narrow_to_wide"):
         md.setdefault(m.asset_key.to_user_string(), {k: v.value for k, v in m.metadata.items()})
-    return {"ship": run[0], "start": run[1], "end": run[2], "run_id": result.run_id,
+    return {"ships": run[0], "start": run[1], "end": run[2], "run_id": result.run_id,
             "seconds": time.perf_counter() - t0, "assets": md}
 
 
@@ -336,7 +378,8 @@ def run_backfill(
     resume: bool = False,
 ) -> list[dict]:
     """Materialise the wide assets for ``ships`` × [start, end) through Dagster, in runs
-    of at most ``settings.run_hours`` hours of one ship, recorded in the n2w instance.
+    of at most ``settings.run_hours`` partitions (``plan_runs``: neighbouring ships ×
+    hours, so a fleet's ships share each read), recorded in the n2w instance.
 
     ``resume``: skip the (ship, hour) partitions every wide asset has already
     materialised (a run that failed or was killed materialised none of its partitions,
@@ -344,7 +387,7 @@ def run_backfill(
     by the instance's pool limit for ``n2w_database`` (each run's step holds a pool slot,
     so more processes would only wait); None: 1, or with Celery the pool limit.
     With ``N2W_EXECUTOR=celery`` each run's step executes on a Celery worker
-    (``_celery_backfill``). Returns one summary per run, in plan order: ship, window,
+    (``_celery_backfill``). Returns one summary per run, in plan order: ships, window,
     seconds, narrow rows and metadata. The first failed run raises after the runs already
     started have finished (``BackfillFailed`` with the run's error under Celery).
     """
@@ -369,20 +412,19 @@ def run_backfill(
         if resume:
             done = materialized_hours(instance, settings, [wide_asset_key(g) for g in catalog.groups], ships)
         limit = sync_pool_limit(instance)
-    runs = plan_runs(ships, start, end, settings.run_hours, done)
+    runs = plan_runs(ships, start, end, settings.run_hours, done, settings.ships)
     if parallel is None:
         parallel = (limit or 1) if celery else 1
     if limit:
         parallel = min(parallel, limit)
     parallel = max(1, min(parallel, len(runs)))
-    hours = sum(int((e - s).total_seconds() // 3600) for _, s, e in runs)
-    progress = BackfillProgress(hours, quiet)
+    progress = BackfillProgress(int(sum(run_ship_hours(r) for r in runs)), quiet)
     summaries: dict[Run, dict] = {}
 
     def finished(run: Run, summary: dict) -> None:
         summaries[run] = summary
         rows = next(iter(summary["assets"].values()), {}).get("narrow_rows_read", 0)
-        progress.finish(task_name(run), (run[2] - run[1]).total_seconds() / 3600, rows, run_line(summary))
+        progress.finish(task_name(run), run_ship_hours(run), rows, run_line(summary))
 
     if celery:
         run_celery(runs, parallel, progress, finished)

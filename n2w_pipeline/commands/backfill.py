@@ -21,8 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "backfill",
         help="materialise wide tables for ships x a window, through Dagster",
         description="Run the wide assets for every (ship, hour) partition in [--start, --end) "
-        "through Dagster, recorded in the n2w instance (visible in `n2w dev`). Runs cover "
-        "N2W_RUN_HOURS hours of one ship; each slice of N2W_SLICE_HOURS is one transaction. "
+        "through Dagster, recorded in the n2w instance (visible in `n2w dev`). A run covers "
+        "up to N2W_RUN_HOURS partitions: neighbouring ships (in N2W_SHIPS order) x hours, "
+        "read together (one read per slice for all its ships: on a table holding the "
+        "whole fleet each page is read once); each slice of about N2W_SLICE_HOURS "
+        "ship-hours is one transaction. "
         "Partitions already materialised are skipped, so an interrupted backfill is resumed "
         "by running the same command again (--all redoes them).",
     )

@@ -92,3 +92,15 @@ def ship_windows(
         ship, hour = split_key(partitions, key)
         hours[ship].add(hour)
     return [(ship, start, end) for ship in sorted(hours) for start, end in hour_ranges(hours[ship])]
+
+
+def fleet_windows(
+    windows: Iterable[tuple[str, dt.datetime, dt.datetime]],
+) -> list[tuple[tuple[str, ...], dt.datetime, dt.datetime]]:
+    """``ship_windows`` with the ships that share a window together: a run over several
+    ships × the same hours (a range run of one hour × ships, or ships × hours launched by
+    ``n2w backfill``) becomes one window of all of them, read ship-hours at a time."""
+    ships: dict[tuple[dt.datetime, dt.datetime], list[str]] = defaultdict(list)
+    for ship, start, end in windows:
+        ships[(start, end)].append(ship)
+    return [(tuple(s), start, end) for (start, end), s in sorted(ships.items())]

@@ -14,7 +14,7 @@ import dagster as dg
 from n2w_pipeline.channels import ChannelCatalog, ChannelGroup
 from n2w_pipeline.config import Settings
 from n2w_pipeline.defs.checks import recheck_results, run_check_results, run_check_specs
-from n2w_pipeline.defs.partitions import ship_windows, wide_partitions
+from n2w_pipeline.defs.partitions import fleet_windows, ship_windows, wide_partitions
 from n2w_pipeline.defs.resources import N2WDatabase
 from n2w_pipeline.instance import DB_POOL
 from n2w_pipeline.materialize import PIPELINE_LANES, LanePool, WindowStats, materialize_window
@@ -151,8 +151,9 @@ class ProgressReporter:
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
 
-    def for_window(self, ship: str, start: dt.datetime, end: dt.datetime):  # noqa: ANN201
-        window_hours = (end - start).total_seconds() / 3600
+    def for_window(self, ships: tuple[str, ...], start: dt.datetime, end: dt.datetime):  # noqa: ANN201
+        window_hours = len(ships) * (end - start).total_seconds() / 3600  # ship-hours
+        ship = ships[0] if len(ships) == 1 else f"{len(ships)} ships"
 
         def progress(i: int, n: int, st: WindowStats) -> None:
             done = self.hours_before + window_hours * i / n
@@ -172,8 +173,9 @@ class ProgressReporter:
 
         return progress
 
-    def window_done(self, stats: WindowStats, start: dt.datetime, end: dt.datetime) -> None:
-        self.hours_before += (end - start).total_seconds() / 3600
+    def window_done(self, stats: WindowStats, ships: tuple[str, ...], start: dt.datetime,
+                    end: dt.datetime) -> None:
+        self.hours_before += len(ships) * (end - start).total_seconds() / 3600
         self.rows_before += stats.narrow_rows
 
 
@@ -203,12 +205,13 @@ def build_wide_assets(settings: Settings, catalog: ChannelCatalog) -> dg.AssetsD
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
         """Pivot the narrow rows of the run's (ship, hour) partitions into the wide tables.
 
-        Reads each ship's hours in slices of N2W_SLICE_HOURS through COPY/Arrow, pivots in
-        Polars and upserts each slice in one transaction under per-hour locks, so any
-        re-run, range run or concurrent run of the same hours leaves the same tables. A
-        slice that meets a transient database error (lost connection, server restart,
-        deadlock, …) is rolled back and done again on new connections, with backoff and
-        jitter, up to N2W_DB_RETRIES times.
+        Reads the run's hours in slices of N2W_SLICE_HOURS ship-hours through COPY/Arrow
+        (ships that share the run's hours in one read), pivots with NumPy and upserts each
+        slice in one transaction under per-(ship, hour) locks, so any re-run, range run or
+        concurrent run of the same hours leaves the same tables. A slice that meets a
+        transient database error (lost connection, server restart, deadlock, …) is rolled
+        back and done again on new connections, with backoff and jitter, up to
+        N2W_DB_RETRIES times.
         Then the asset checks (n2w_pipeline.checks) compare exactly these windows of the wide tables
         with the narrow rows the run read (the on-demand check job counts the narrow table).
         """
@@ -229,12 +232,13 @@ def build_wide_assets(settings: Settings, catalog: ChannelCatalog) -> dg.AssetsD
         # one set of connections for every window of the run (a reader costs ~0.2 s to open)
         with LanePool(url, source, settings, ChannelCodes.from_catalog(catalog).channels,
                       settings.pipeline_lanes or PIPELINE_LANES) as lanes:
-            for ship, start, end in windows:
+            for ships, start, end in fleet_windows(windows):
                 stats = materialize_window(
-                    url, settings, catalog, ship, start, end, groups, reporter.for_window(ship, start, end),
-                    source_url=source, log=context.log, connections=lanes,
+                    url, settings, catalog, ships, start, end, groups,
+                    reporter.for_window(ships, start, end), source_url=source, log=context.log,
+                    connections=lanes,
                 )
-                reporter.window_done(stats, start, end)
+                reporter.window_done(stats, ships, start, end)
                 if total is None:
                     total = stats
                 else:

@@ -1,0 +1,141 @@
+"""A narrow table holding the whole fleet: eight ships interleaved hour by hour in one
+table, backfilled in runs of ships × hours (one read per slice for all of them), checked
+against the independent SQL pivot. Small channel lists keep the data small. No timings."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import replace
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+import pytest
+from psycopg import sql
+
+from n2w_pipeline.channels import ChannelCatalog, load_catalog
+from n2w_pipeline.commands._common import materialized_hours, run_backfill
+from n2w_pipeline.config import REFERENCE_SHIPS, Settings
+from n2w_pipeline.defs.wide_assets import wide_asset_key
+from n2w_pipeline.generate import generate
+from n2w_pipeline.materialize import prepare_tables
+from n2w_pipeline_tests.helpers import hour_key, run_wide, sql_reference, wide_cells
+
+H0 = dt.datetime(2025, 3, 1)
+HOUR = dt.timedelta(hours=1)
+END = H0 + 3 * HOUR
+OTHER_SHIP = "IMO0000001"  # in the table, not in N2W_SHIPS
+
+
+@pytest.fixture
+def fleet(backfill_env: Settings, lists_dir: Path,
+          conn: psycopg.Connection) -> tuple[Settings, ChannelCatalog]:
+    """Eight configured ships and one more, 3 hours interleaved hour by hour, 10 channels a
+    group; runs of at most 24 partitions, slices of 2 ship-hours (so one hour of all)."""
+    small = lists_dir.parent / "small_lists"
+    small.mkdir()
+    for path in sorted(lists_dir.glob("*.txt")):
+        channels = [ln for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        (small / path.name).write_text("\n".join(channels[:10]) + "\n")
+    s = replace(backfill_env, ships=REFERENCE_SHIPS, channel_lists_dir=small, slice_hours=2, run_hours=24)
+    catalog = load_catalog(small)
+    generate(conn, s, catalog, [*s.ships, OTHER_SHIP], H0, END, seed=31, interleave=True)
+    return s, catalog
+
+
+def assert_ship_equals_reference(conn: psycopg.Connection, s: Settings, catalog: ChannelCatalog, ship: str,
+                                 start: dt.datetime = H0, end: dt.datetime = END) -> None:
+    for g in catalog.groups:
+        ref_times, ref_cells = sql_reference(conn, s, g, ship, start, end)
+        times, cells = wide_cells(conn, s, g, ship)
+        assert ref_cells, "the generator must have produced values"
+        assert times == ref_times, (ship, g.number)
+        assert cells == ref_cells, (ship, g.number)
+
+
+def narrow_rows(conn: psycopg.Connection, s: Settings, ships: list[str]) -> int:
+    row = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE ship_id = ANY(%s)").format(
+        sql.Identifier(*s.source_qualified)), (ships,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def wide_hours(conn: psycopg.Connection, s: Settings, catalog: ChannelCatalog,
+               ship: str) -> list[dict[dt.datetime, int]]:
+    """Rows per hour of each of the ship's wide tables ({} for a table never created)."""
+    out = []
+    for g in catalog.groups:
+        name = sql.Identifier(s.target_schema, s.table_name(ship, g.number))
+        if conn.execute("SELECT to_regclass(%s)", (name.as_string(conn),)).fetchone() == (None,):
+            out.append({})
+            continue
+        out.append(dict(conn.execute(sql.SQL(
+            "SELECT date_trunc('hour', created_time), count(*) FROM {} GROUP BY 1").format(name)).fetchall()))
+    return out
+
+
+def test_fleet_backfill_reads_every_ship_of_a_slice_at_once(fleet, conn):
+    """`n2w backfill` of the fleet: one run of 8 ships × 3 hours, one read per hour for all
+    eight; every table equals the SQL pivot, and the run read exactly the eight ships' rows
+    (not the ninth ship's, which shares the table)."""
+    s, catalog = fleet
+    summaries = run_backfill(s, s.ships, H0, END, quiet=True, resume=True)
+    assert [(r["ships"], r["start"], r["end"]) for r in summaries] == [(s.ships, H0, END)]
+    for ship in s.ships:
+        assert_ship_equals_reference(conn, s, catalog, ship)
+    read = next(iter(summaries[0]["assets"].values()))["narrow_rows_read"]
+    assert read == narrow_rows(conn, s, list(s.ships)) > 0
+    assert wide_hours(conn, s, catalog, OTHER_SHIP) == [{}] * len(catalog.groups)
+
+
+def test_two_ship_ranges_and_an_hour_of_several_ships(fleet, conn):
+    """Ships that are not neighbours in N2W_SHIPS make two blocks (a Dagster range covers
+    every ship between its ends); the UI's shape, one hour × a ship range, is one read too."""
+    s, catalog = fleet
+    ships = list(s.ships)
+    first, second = ships[0:3], ships[5:7]
+    summaries = run_backfill(s, second + first, H0, END, quiet=True, resume=True)
+    assert sorted(r["ships"] for r in summaries) == [tuple(first), tuple(second)]
+    for ship in first + second:
+        assert_ship_equals_reference(conn, s, catalog, ship)
+    for ship in (ships[3], ships[4], ships[7]):
+        assert wide_hours(conn, s, catalog, ship) == [{}] * len(catalog.groups)
+
+    # what the UI's "Materialize all…" makes of a few hours of the fleet: runs of one hour
+    # over a range of ships
+    assert run_wide(s, catalog, first=hour_key(ships[3], H0), last=hour_key(ships[7], H0)).success
+    for ship in (ships[3], ships[4], ships[7]):
+        assert_ship_equals_reference(conn, s, catalog, ship, H0, H0 + HOUR)
+
+
+def test_interrupted_fleet_backfill_resumes(fleet, conn):
+    """The slice of hour 02:00 (all eight ships, one transaction) fails in one ship's table:
+    no ship has that hour, every ship has the hours before it whole; the run materialised
+    nothing, so running the backfill again redoes the block and every table is right."""
+    s, catalog = fleet
+    broken = s.ships[5]
+    with psycopg.connect(s.database_url, autocommit=True) as c:
+        prepare_tables(c, s, catalog.groups, [broken])
+        table = sql.Identifier(s.target_schema, s.table_name(broken, catalog.groups[1].number))
+        fn = sql.Identifier(s.target_schema, "n2w_test_reject")
+        c.execute(sql.SQL("CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS "
+                          "$$BEGIN RAISE EXCEPTION 'simulated failure'; END$$").format(fn))
+        c.execute(sql.SQL("CREATE TRIGGER reject BEFORE INSERT ON {} FOR EACH ROW "
+                          "WHEN (NEW.created_time >= {}) EXECUTE FUNCTION {}()").format(
+            table, sql.Literal(H0 + 2 * HOUR), fn))
+
+    with pytest.raises(Exception, match="simulated failure"):
+        run_backfill(s, s.ships, H0, END, quiet=True, resume=True)
+    for ship in s.ships:
+        per_table = wide_hours(conn, s, catalog, ship)
+        assert all(H0 + 2 * HOUR not in hours for hours in per_table), ship
+        assert all(hours.get(H0) == 240 and hours.get(H0 + HOUR) == 240 for hours in per_table), ship
+    with dg.DagsterInstance.get() as instance:
+        done = materialized_hours(instance, s, [wide_asset_key(g) for g in catalog.groups], s.ships)
+    assert done == {ship: set() for ship in s.ships}
+
+    conn.execute(sql.SQL("DROP TRIGGER reject ON {}").format(table))
+    summaries = run_backfill(s, s.ships, H0, END, quiet=True, resume=True)
+    assert [(r["ships"], r["start"], r["end"]) for r in summaries] == [(s.ships, H0, END)]
+    for ship in s.ships:
+        assert_ship_equals_reference(conn, s, catalog, ship)
+    assert run_backfill(s, s.ships, H0, END, quiet=True, resume=True) == []
