@@ -12,8 +12,8 @@ import logging
 import sys
 import warnings
 
-COMMANDS = ("demo", "generate", "backfill", "check", "corrections", "export", "olap", "dev", "worker",
-            "db_url", "bench", "storage", "report")
+COMMANDS = ("demo", "generate", "prepare", "backfill", "check", "corrections", "export", "olap", "dev",
+            "worker", "db_url", "bench", "storage", "report")
 
 EPILOG = """\
 Configuration comes from N2W_* environment variables (see docs/operating.md). With no

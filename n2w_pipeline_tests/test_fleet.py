@@ -14,11 +14,15 @@ import pytest
 from psycopg import sql
 
 from n2w_pipeline.channels import ChannelCatalog, load_catalog
+from n2w_pipeline.cli import main
 from n2w_pipeline.commands._common import materialized_hours, run_backfill
 from n2w_pipeline.config import REFERENCE_SHIPS, Settings
 from n2w_pipeline.defs.wide_assets import wide_asset_key
+from n2w_pipeline.extract import CODE_TABLE, copy_extract_query
 from n2w_pipeline.generate import generate
 from n2w_pipeline.materialize import prepare_tables
+from n2w_pipeline.realtime.index import arrival_index_problem
+from n2w_pipeline.source_indexes import ship_time_index_name, ship_time_index_problem
 from n2w_pipeline_tests.helpers import hour_key, run_wide, sql_reference, wide_cells
 
 H0 = dt.datetime(2025, 3, 1)
@@ -139,3 +143,31 @@ def test_interrupted_fleet_backfill_resumes(fleet, conn):
     for ship in s.ships:
         assert_ship_equals_reference(conn, s, catalog, ship)
     assert run_backfill(s, s.ships, H0, END, quiet=True, resume=True) == []
+
+
+def test_prepare_builds_the_indexes_once_and_the_read_uses_them(fleet, conn, monkeypatch, capsys):
+    s, catalog = fleet
+    for key, value in {"N2W_DATABASE_URL": s.database_url, "N2W_SOURCE_SCHEMA": s.source_schema,
+                       "N2W_TARGET_SCHEMA": s.target_schema}.items():
+        monkeypatch.setenv(key, value)
+    assert main(["prepare", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("missing") == 2 and out.count("CREATE INDEX CONCURRENTLY") == 2
+    assert "nothing built" in out
+    assert ship_time_index_problem(conn, s) is not None and arrival_index_problem(conn, s) is not None
+
+    assert main(["prepare"]) == 0
+    assert "built ship_time index" in capsys.readouterr().out
+    assert ship_time_index_problem(conn, s) is None and arrival_index_problem(conn, s) is None
+    assert main(["prepare"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+
+    # a one-ship read (values bound through set_config, as NarrowReader binds them) takes a
+    # bitmap heap scan through the new index, not the created_time index
+    conn.execute(f"CREATE TEMP TABLE {CODE_TABLE} (channel text, code int)")
+    with conn.transaction():
+        conn.execute("SELECT set_config('n2w.ship', %s, true), set_config('n2w.start', %s, true), "
+                     "set_config('n2w.end', %s, true), set_config('enable_indexscan', 'off', true)",
+                     (s.ships[2], H0.isoformat(), END.isoformat()))
+        (plan,) = conn.execute("EXPLAIN (FORMAT JSON) " + copy_extract_query(s)).fetchone()
+    assert ship_time_index_name(s) in str(plan), plan
