@@ -2,6 +2,7 @@
 
     .venv/bin/n2w bench backfill            # reference shape, one ship-week (~40M rows)
     .venv/bin/n2w bench backfill --quick    # one ship-day (~6M rows)
+    .venv/bin/n2w bench backfill --fleet    # 8 ships x 1 day in one table (benchmarks/_fleet.py)
 
 Generates the reference fleet shape (1,052 channels, 15 s cadence, ~5 % gaps) for one
 ship into the scratch schema ``n2w_bench`` (reused when it already holds the window),
@@ -10,7 +11,8 @@ then measures, side by side and on fresh target tables each time:
 * the server-side extraction ceiling: the extraction query ``COPY … TO '/dev/null'``
   (superuser) or ``TO STDOUT`` drained without parsing, one day per statement;
 * ``tablefunc.crosstab`` into the same three tables, one query per group per day (its
-  strongest form: one query over a whole week spills its sorts), the value rule in the query;
+  strongest form: one query over a whole week spills its sorts), the value rule in the query,
+  the days shared out over two connections side by side (both cores, as n2w has them);
 * n2w through Dagster (``n2w backfill``'s code path, run start-up included) for one
   ship-day and one ship-week, each in a fresh process whose peak RSS is reported;
 * ``max(v) FILTER (WHERE channel = …) … GROUP BY created_time`` for one ship-hour;
@@ -42,7 +44,7 @@ from psycopg import sql
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from n2w_pipeline.channels import ChannelCatalog, load_catalog  # noqa: E402
+from n2w_pipeline.channels import ChannelCatalog, ChannelGroup, load_catalog  # noqa: E402
 from n2w_pipeline.config import Settings  # noqa: E402
 from n2w_pipeline.database import dagster_storage_url, database_url  # noqa: E402
 from n2w_pipeline.extract import NarrowReader  # noqa: E402
@@ -121,8 +123,9 @@ def fresh_tables(conn: psycopg.Connection, settings: Settings, catalog: ChannelC
     schema = sql.Identifier(settings.target_schema)
     conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(schema))
     conn.execute(sql.SQL("CREATE SCHEMA {}").format(schema))
-    for g in catalog.groups:
-        ensure_wide_table(conn, settings, g, SHIP, hours=hours)
+    for ship in settings.ships:
+        for g in catalog.groups:
+            ensure_wide_table(conn, settings, g, ship, hours=hours)
     if is_superuser(conn):
         conn.execute("CHECKPOINT")  # every method starts without the previous one's dirty pages
 
@@ -154,40 +157,53 @@ def ceiling(url: str, settings: Settings, catalog: ChannelCatalog, superuser: bo
             "how": "COPY (extract) TO '/dev/null'" if superuser else "ADBC read, client parsing included"}
 
 
-def crosstab(conn: psycopg.Connection, settings: Settings, catalog: ChannelCatalog,
-             start: dt.datetime, end: dt.datetime) -> dict:
-    """tablefunc.crosstab, one INSERT … SELECT per group per day, value rule in the query."""
-    conn.execute("CREATE EXTENSION IF NOT EXISTS tablefunc")
-    c = settings.columns
-    src = sql.Identifier(*settings.source_qualified)
+def crosstab(url: str, settings: Settings, catalog: ChannelCatalog,
+             ship_days: list[tuple[str, dt.datetime, dt.datetime]], streams: int = 2) -> dict:
+    """tablefunc.crosstab, one INSERT … SELECT per group per ship-day, value rule in the
+    query; the ship-days shared out over ``streams`` connections working side by side
+    (both cores, as n2w has them)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS tablefunc")
+
+    def stream(items: list[tuple[str, dt.datetime, dt.datetime]]) -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            for ship, day, nxt in items:
+                for g in catalog.groups:
+                    crosstab_group(conn, settings, g, ship, day, nxt)
+
     t0 = time.perf_counter()
-    day = start
-    while day < end:
-        nxt = min(day + DAY, end)
-        for g in catalog.groups:
-            source = sql.SQL(
-                "SELECT {ct}, {ch}, {val} FROM {src} WHERE {ship} = {s} AND {ct} >= {a} AND {ct} < {b} "
-                "AND {ch} = ANY({chans}) ORDER BY 1"
-            ).format(ct=sql.Identifier(c.created_time), ch=sql.Identifier(c.channel),
-                     val=value_sql(settings), src=src, ship=sql.Identifier(c.ship_id),
-                     s=sql.Literal(SHIP), a=sql.Literal(day), b=sql.Literal(nxt),
-                     chans=sql.Literal(list(g.channels))).as_string(conn)
-            categories = sql.SQL(
-                "SELECT ch FROM unnest({}::text[]) WITH ORDINALITY u(ch, i) ORDER BY i"
-            ).format(sql.Literal(list(g.channels))).as_string(conn)
-            cols = [sql.Identifier("created_time")] + [sql.Identifier(col) for col in g.columns]
-            coldefs = sql.SQL(", ").join(
-                [sql.SQL("created_time timestamp")]
-                + [sql.SQL("{} float8").format(sql.Identifier(col)) for col in g.columns])
-            # the two query texts are crosstab's arguments: bound as values
-            conn.execute(
-                sql.SQL("INSERT INTO {} ({}) SELECT * FROM crosstab(%s, %s) AS ct({})").format(
-                    sql.Identifier(settings.target_schema, settings.table_name(SHIP, g.number)),
-                    sql.SQL(", ").join(cols), coldefs),
-                (source, categories),
-            )
-        day = nxt
+    with ThreadPoolExecutor(streams) as pool:
+        for f in [pool.submit(stream, ship_days[i::streams]) for i in range(streams)]:
+            f.result()
     return {"seconds": time.perf_counter() - t0}
+
+
+def crosstab_group(conn: psycopg.Connection, settings: Settings, g: ChannelGroup, ship: str,
+                   day: dt.datetime, nxt: dt.datetime) -> None:
+    c = settings.columns
+    source = sql.SQL(
+        "SELECT {ct}, {ch}, {val} FROM {src} WHERE {ship} = {s} AND {ct} >= {a} AND {ct} < {b} "
+        "AND {ch} = ANY({chans}) ORDER BY 1"
+    ).format(ct=sql.Identifier(c.created_time), ch=sql.Identifier(c.channel),
+             val=value_sql(settings), src=sql.Identifier(*settings.source_qualified),
+             ship=sql.Identifier(c.ship_id), s=sql.Literal(ship), a=sql.Literal(day), b=sql.Literal(nxt),
+             chans=sql.Literal(list(g.channels))).as_string(conn)
+    categories = sql.SQL(
+        "SELECT ch FROM unnest({}::text[]) WITH ORDINALITY u(ch, i) ORDER BY i"
+    ).format(sql.Literal(list(g.channels))).as_string(conn)
+    cols = [sql.Identifier("created_time")] + [sql.Identifier(col) for col in g.columns]
+    coldefs = sql.SQL(", ").join(
+        [sql.SQL("created_time timestamp")]
+        + [sql.SQL("{} float8").format(sql.Identifier(col)) for col in g.columns])
+    # the two query texts are crosstab's arguments: bound as values
+    conn.execute(
+        sql.SQL("INSERT INTO {} ({}) SELECT * FROM crosstab(%s, %s) AS ct({})").format(
+            sql.Identifier(settings.target_schema, settings.table_name(ship, g.number)),
+            sql.SQL(", ").join(cols), coldefs),
+        (source, categories),
+    )
 
 
 def max_filter(conn: psycopg.Connection, settings: Settings, catalog: ChannelCatalog,
@@ -268,29 +284,37 @@ def executemany_rows(conn: psycopg.Connection, settings: Settings, catalog: Chan
     return {"seconds": time.perf_counter() - t0}
 
 
-def n2w_run(start: dt.datetime, end: dt.datetime, parallel: int = 1, checks: bool = False) -> dict:
-    """n2w through Dagster in a fresh process: wall time of the runs and its peak RSS."""
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", start.isoformat(), end.isoformat(), str(parallel),
-         "1" if checks else "0"],
-        capture_output=True, text=True, check=False,
-    )
+def n2w_run(start: dt.datetime, end: dt.datetime, parallel: int = 1, checks: bool = False,
+            source: str = SOURCE, ships: tuple[str, ...] = (SHIP,), per_ship: bool = False) -> dict:
+    """n2w through Dagster (``n2w backfill``'s code path) in a fresh process: wall time of
+    the runs, and the peak RSS of the process or worker that peaked (a run's process).
+    ``per_ship``: one run per ship, as the UI cuts a backfill; else n2w backfill's plan."""
+    spec = {"start": start.isoformat(), "end": end.isoformat(), "parallel": parallel, "checks": checks,
+            "source": source, "ships": list(ships), "per_ship": per_ship}
+    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
+                         capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"n2w run failed:\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def child(start: str, end: str, parallel: str, checks: str = "0") -> None:
+def child(text: str) -> None:
     from n2w_pipeline.commands._common import run_backfill
 
-    settings = bench_settings(Settings.from_env(), checks=checks == "1")
+    spec = json.loads(text)
+    ships = tuple(spec["ships"])
+    settings = replace(bench_settings(Settings.from_env(), checks=spec["checks"]),
+                       source_schema=spec["source"], ships=ships)
+    start, end = dt.datetime.fromisoformat(spec["start"]), dt.datetime.fromisoformat(spec["end"])
+    runs = [((ship,), start, end) for ship in ships] if spec["per_ship"] else None
     t0 = time.perf_counter()
-    summaries = run_backfill(settings, [SHIP], dt.datetime.fromisoformat(start),
-                             dt.datetime.fromisoformat(end), quiet=True, parallel=int(parallel))
+    summaries = run_backfill(settings, list(ships), start, end, quiet=True, parallel=spec["parallel"],
+                             runs=runs)
     seconds = time.perf_counter() - t0
     rows = sum(next(iter(s["assets"].values()))["narrow_rows_read"] for s in summaries)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"seconds": seconds, "rows": rows, "runs": len(summaries), "peak_rss": rss}))
+    # --parallel runs in worker processes (waited for: RUSAGE_CHILDREN is the largest one's)
+    rss = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    print(json.dumps({"seconds": seconds, "rows": rows, "runs": len(summaries), "peak_rss": rss * 1024}))
 
 
 def run_creation(settings: Settings, catalog: ChannelCatalog) -> dict:
@@ -362,11 +386,18 @@ def main() -> int:
     p.add_argument("--parallel", type=int, default=1, help="n2w backfill --parallel for the runs")
     p.add_argument("--no-checks-run", action="store_true",
                    help="skip the extra ship-week run with the in-run asset checks on")
-    p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    p.add_argument("--fleet", action="store_true",
+                   help="the fleet benchmark instead: 8 ships x 1 day interleaved in one table "
+                   "(benchmarks/_fleet.py)")
+    p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        child(*args.child)
+        child(args.child)
         return 0
+    if args.fleet:
+        import _fleet
+
+        return _fleet.main(args)
 
     base = Settings.from_env()
     settings = bench_settings(base)
@@ -399,8 +430,10 @@ def main() -> int:
         line(f"extraction ceiling ({r['how']})", week_rows, r["seconds"])
         cross = replace(settings, target_schema=CROSSTAB)
         fresh_tables(conn, cross, catalog, (START, week_end))
-        r = crosstab(conn, cross, catalog, START, week_end)
-        line("tablefunc.crosstab, per group per day", week_rows, r["seconds"])
+        days = [(SHIP, START + i * DAY, min(START + (i + 1) * DAY, week_end))
+                for i in range(-(-(week_end - START) // DAY))]
+        r = crosstab(url, cross, catalog, days, streams=2)
+        line("tablefunc.crosstab, per group per day, 2 streams", week_rows, r["seconds"])
         base_s = replace(settings, target_schema=BASELINE)
         fresh_tables(conn, base_s, catalog, (START, START + HOUR))
         r = max_filter(conn, base_s, catalog, START, START + HOUR)
