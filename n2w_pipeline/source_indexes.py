@@ -47,6 +47,31 @@ def ship_time_index_ddl(settings: Settings) -> sql.Composed:
     )
 
 
+SKIP_SCAN_VERSION = 180000
+"""PostgreSQL 18 skip-scans the primary key (ship, channel, time) for one ship's hours."""
+
+_SHIP_TIME_INDEX = """SELECT EXISTS (SELECT 1 FROM pg_index i
+  JOIN pg_class ic ON ic.oid = i.indexrelid
+  JOIN pg_am am ON am.oid = ic.relam
+  JOIN pg_attribute a0 ON a0.attrelid = i.indrelid AND a0.attnum = i.indkey[0]
+  JOIN pg_attribute a1 ON a1.attrelid = i.indrelid AND a1.attnum = i.indkey[1]
+  WHERE i.indrelid = to_regclass({0}) AND a0.attname = {1} AND a1.attname = {2}
+    AND am.amname = 'btree' AND i.indisvalid AND i.indpred IS NULL)"""
+
+
+def ship_time_index_query(placeholders: tuple[str, str, str] = ("%s", "%s", "%s")) -> str:
+    """Whether a valid b-tree index leads with (ship, created_time); parameters: the table
+    (qualified, quoted), the ship and the created_time column names (``ship_time_params``).
+    ``placeholders``: psycopg's ``%s`` or ADBC's ``$1``..``$3``."""
+    return _SHIP_TIME_INDEX.format(*placeholders)
+
+
+def ship_time_params(settings: Settings) -> tuple[str, str, str]:
+    c = settings.columns
+    table = sql.Identifier(*settings.source_qualified).as_string(None)
+    return table, c.ship_id, c.created_time
+
+
 def _table_oid(conn: psycopg.Connection, settings: Settings) -> int | None:
     table = sql.Identifier(*settings.source_qualified).as_string(conn)
     row = conn.execute("SELECT to_regclass(%s)::oid", (table,)).fetchone()
@@ -60,20 +85,24 @@ def ship_time_index_problem(conn: psycopg.Connection, settings: Settings) -> str
     if oid is None:
         return f"narrow table {table} does not exist"
     c = settings.columns
-    found = conn.execute(
-        """SELECT 1 FROM pg_index i
-           JOIN pg_class ic ON ic.oid = i.indexrelid
-           JOIN pg_am am ON am.oid = ic.relam
-           JOIN pg_attribute a0 ON a0.attrelid = i.indrelid AND a0.attnum = i.indkey[0]
-           JOIN pg_attribute a1 ON a1.attrelid = i.indrelid AND a1.attnum = i.indkey[1]
-           WHERE i.indrelid = %s AND a0.attname = %s AND a1.attname = %s
-             AND am.amname = 'btree' AND i.indisvalid AND i.indpred IS NULL""",
-        (oid, c.ship_id, c.created_time),
-    ).fetchone()
-    if found:
+    found = conn.execute(ship_time_index_query(), ship_time_params(settings)).fetchone()
+    if found and found[0]:
         return None
-    return (f"no valid b-tree index on {table}({c.ship_id}, {c.created_time}): each run reads "
-            "every ship's rows of its hours; `n2w prepare` builds it")
+    return (f"no valid b-tree index on {table}({c.ship_id}, {c.created_time}): `n2w prepare` "
+            "builds it")
+
+
+def one_ship_read_problem(conn: psycopg.Connection, settings: Settings) -> str | None:
+    """None when a one-ship read finds its rows through an index of its own (PostgreSQL 18's
+    skip scan of the primary key, or a (ship_id, created_time) index); else what it costs."""
+    row = conn.execute("SELECT current_setting('server_version_num')::int").fetchone()
+    if row and int(row[0]) >= SKIP_SCAN_VERSION:
+        return None
+    problem = ship_time_index_problem(conn, settings)
+    if problem is None or "does not exist" in problem:
+        return None
+    return ("before PostgreSQL 18, without a (ship_id, created_time) index a run of one ship "
+            "reads every ship's rows of its hours to keep its own; `n2w prepare` builds it")
 
 
 def ensure_ship_time_index(conn: psycopg.Connection, settings: Settings) -> bool:

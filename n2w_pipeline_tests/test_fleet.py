@@ -18,7 +18,7 @@ from n2w_pipeline.cli import main
 from n2w_pipeline.commands._common import materialized_hours, run_backfill
 from n2w_pipeline.config import REFERENCE_SHIPS, Settings
 from n2w_pipeline.defs.wide_assets import wide_asset_key
-from n2w_pipeline.extract import CODE_TABLE, copy_extract_query
+from n2w_pipeline.extract import copy_extract_query
 from n2w_pipeline.generate import generate
 from n2w_pipeline.materialize import prepare_tables
 from n2w_pipeline.realtime.index import arrival_index_problem
@@ -164,9 +164,9 @@ def test_prepare_builds_the_indexes_once_and_the_read_uses_them(fleet, conn, mon
 
     # a one-ship read (values bound through set_config, as NarrowReader binds them) takes a
     # bitmap heap scan through the new index, not the created_time index
-    conn.execute(f"CREATE TEMP TABLE {CODE_TABLE} (channel text, code int)")
     with conn.transaction():
-        conn.execute("SELECT set_config('n2w.ship', %s, true), set_config('n2w.start', %s, true), "
+        conn.execute("SELECT set_config('n2w.channels', '[]', true), set_config('n2w.ship', %s, true), "
+                     "set_config('n2w.start', %s, true), "
                      "set_config('n2w.end', %s, true), set_config('enable_indexscan', 'off', true)",
                      (s.ships[2], H0.isoformat(), END.isoformat()))
         (plan,) = conn.execute("EXPLAIN (FORMAT JSON) " + copy_extract_query(s)).fetchone()

@@ -179,6 +179,22 @@ class ProgressReporter:
         self.rows_before += stats.narrow_rows
 
 
+def _warn_one_ship_reads(context: dg.AssetExecutionContext, source: str, settings: Settings) -> None:
+    """A run of one ship on a server that cannot find a ship's rows by index: say so, once.
+    Advisory only: a database that cannot be asked now is left to the slices' retries."""
+    import psycopg
+
+    from n2w_pipeline.source_indexes import one_ship_read_problem
+
+    try:
+        with psycopg.connect(source, autocommit=True, connect_timeout=10) as conn:
+            problem = one_ship_read_problem(conn, settings)
+    except psycopg.Error:
+        return
+    if problem:
+        context.log.warning(problem)
+
+
 def celery_queue_tag(settings: Settings) -> dict[str, str] | None:
     """dagster-celery's queue tag for the step, when N2W_CELERY_QUEUE is not its default."""
     if settings.celery_queue == "dagster":
@@ -228,11 +244,14 @@ def build_wide_assets(settings: Settings, catalog: ChannelCatalog) -> dg.AssetsD
             f"{[g.number for g in groups]}, slices of {settings.slice_hours} h"
         )
         reporter = ProgressReporter(context.log, hours)
+        blocks = fleet_windows(windows)
+        if any(len(ships) == 1 for ships, _, _ in blocks):
+            _warn_one_ship_reads(context, source, settings)
         total: WindowStats | None = None
         # one set of connections for every window of the run (a reader costs ~0.2 s to open)
         with LanePool(url, source, settings, ChannelCodes.from_catalog(catalog).channels,
                       settings.pipeline_lanes or PIPELINE_LANES) as lanes:
-            for ships, start, end in fleet_windows(windows):
+            for ships, start, end in blocks:
                 stats = materialize_window(
                     url, settings, catalog, ships, start, end, groups,
                     reporter.for_window(ships, start, end), source_url=source, log=context.log,

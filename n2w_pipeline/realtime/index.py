@@ -48,8 +48,8 @@ def arrival_index_problem(conn: psycopg.Connection, settings: Settings) -> str |
     if found:
         return None
     ddl = arrival_index_ddl(settings).as_string(conn)
-    return (f"no valid b-tree index on {table}({col}); create it once (minutes on a "
-            f"billion rows, no table lock): {ddl}")
+    return (f"no valid b-tree index on {table}({col}); `n2w prepare` builds it once (minutes on "
+            f"a billion rows, no table lock), or run: {ddl}")
 
 
 def ensure_arrival_index(conn: psycopg.Connection, settings: Settings) -> bool:
