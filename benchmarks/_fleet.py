@@ -17,6 +17,10 @@ one run, on fresh target tables each time:
 * for comparison, n2w on one ship-week alone in its table (``n2w_bench``, the backfill
   benchmark's data; generated if missing), in the same run.
 
+Before each timed method the narrow table it reads is read into the page cache (``warm``):
+the two tables together are about the machine's free memory, and a method would otherwise
+pay for what the previous one evicted.
+
 Peak RSS is per run's process (the worker's with ``--parallel 2``). Results are printed and
 written to ``benchmarks/results/backfill-fleet-<time>.json``.
 """
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import glob
 import json
 import os
 import time
@@ -92,12 +97,39 @@ def ceilings(url: str, settings: Settings, catalog: ChannelCatalog, superuser: b
         for i in range(8):
             go(SHIPS, START + 3 * i * HOUR, START + 3 * (i + 1) * HOUR)  # type: ignore[arg-type]
         out["fleet"] = time.perf_counter() - t0
+        warm(url, settings.source_schema)
         one = reader.discard if superuser else reader.read
         t0 = time.perf_counter()
         for ship in SHIPS:
             one(ship, START, START + DAY)  # type: ignore[arg-type]
         out["one_ship"] = time.perf_counter() - t0
     return out
+
+
+def warm(url: str, schema: str, table: str = "tbl_data_timeseries") -> bool:
+    """Read the narrow table's files (heap and indexes) into the page cache before a timed
+    method, so no method pays for the previous one's reads (the two narrow tables together
+    are about the machine's free memory). Needs the server's files on this machine (the
+    embedded server); False, and nothing done, otherwise."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        try:
+            (data,) = conn.execute("SHOW data_directory").fetchone() or ("",)
+        except psycopg.Error:
+            return False
+        files = conn.execute(
+            "SELECT pg_relation_filepath(c) FROM (SELECT %s::regclass AS c UNION ALL "
+            "SELECT indexrelid::regclass FROM pg_index WHERE indrelid = %s::regclass) r",
+            (f"{schema}.{table}",) * 2).fetchall()
+    try:
+        for (rel,) in files:
+            base = os.path.join(data, rel)
+            for path in [base] + sorted(glob.glob(base + ".*")):
+                with open(path, "rb", buffering=0) as f:
+                    while f.read(1 << 24):
+                        pass
+    except OSError:
+        return False
+    return True
 
 
 def drop_ship_time_index(conn: psycopg.Connection, settings: Settings) -> None:
@@ -122,8 +154,10 @@ def main(args: argparse.Namespace) -> int:
               + (f" {rss / 2**20:>6,.0f} MB" if rss else ""), flush=True)
 
     def n2w(name: str, **kw: object) -> dict:
+        source = str(kw.get("source", FLEET_SOURCE))
         with psycopg.connect(url, autocommit=True) as conn:
-            fresh_tables(conn, fleet if kw.get("source", FLEET_SOURCE) == FLEET_SOURCE else one, catalog)
+            fresh_tables(conn, fleet if source == FLEET_SOURCE else one, catalog)
+        warm(url, source)
         r = n2w_run(**kw)  # type: ignore[arg-type]
         line(name, r["rows"], r["seconds"], r["peak_rss"], f"{r['runs']} run(s)")
         return r
@@ -138,6 +172,9 @@ def main(args: argparse.Namespace) -> int:
     print(f"data: {fleet_rows:,} narrow rows in {FLEET_SOURCE} (8 ships x {START:%Y-%m-%d}, interleaved); "
           f"{week_rows:,} in n2w_bench ({SHIP}, {START:%Y-%m-%d} + 7 days)")
 
+    if not warm(url, FLEET_SOURCE):
+        print("note: the narrow tables' files are not on this machine: each method finds the page "
+              "cache as the previous one left it")
     c = ceilings(url, fleet, catalog, superuser)
     how = "COPY TO '/dev/null'" if superuser else "read by the client"
     line(f"extraction ceiling, fleet read (8 ships x 3 h), {how}", fleet_rows, c["fleet"])
@@ -145,6 +182,7 @@ def main(args: argparse.Namespace) -> int:
     cross = replace(fleet, target_schema=FLEET_CROSSTAB)
     with psycopg.connect(url, autocommit=True) as conn:
         fresh_tables(conn, cross, catalog, (START, START + DAY))
+    warm(url, FLEET_SOURCE)
     r = crosstab(url, cross, catalog, [(s, START, START + DAY) for s in SHIPS], streams=2)
     line("tablefunc.crosstab per group per ship-day, 2 streams", fleet_rows, r["seconds"])
     fleet_kw = {"start": START, "end": START + DAY, "source": FLEET_SOURCE, "ships": SHIPS}
