@@ -86,13 +86,13 @@ def ship_of(tags: Mapping[str, str], ships: tuple[str, ...] = ()) -> str | None:
         return tags["dagster/partition/ship"]
     keys = [tags.get("dagster/partition"), tags.get("dagster/asset_partition_range_start"),
             tags.get("dagster/asset_partition_range_end")]
-    found = {_ship_in_key(k, ships) for k in keys if k}
+    found = {ship_in_key(k, ships) for k in keys if k}
     if not found and tags.get("n2w/realtime_ships"):
         found = set(tags["n2w/realtime_ships"].split(","))
     return found.pop() if len(found) == 1 and None not in found else None
 
 
-def _ship_in_key(key: str, ships: tuple[str, ...]) -> str | None:
+def ship_in_key(key: str, ships: tuple[str, ...]) -> str | None:
     """The ship part of a multi-partition key such as ``2025-03-01-00:00|IMO9976903``."""
     parts = key.split("|")
     for part in parts:

@@ -16,7 +16,13 @@ import pytest
 from psycopg import sql
 
 from n2w_pipeline.channels import load_catalog
-from n2w_pipeline.defs.alerts import AlertError, build_check_failure_sensor, build_run_failure_sensor, notify
+from n2w_pipeline.defs.alerts import (
+    AlertError,
+    build_check_failure_sensor,
+    build_run_failure_sensor,
+    notify,
+    run_scope,
+)
 from n2w_pipeline.defs.resources import N2WDatabase
 from n2w_pipeline.defs.wide_assets import build_wide_assets
 from n2w_pipeline.materialize import prepare_tables
@@ -124,3 +130,15 @@ def test_a_webhook_that_does_not_answer_is_one_line_without_the_url(settings):
     with pytest.raises(AlertError) as exc:
         notify(s, {"alert": "run_failure", "run_link": "x", "error": "e"})
     assert "N2W_ALERT_WEBHOOK" in str(exc.value) and "secret" not in str(exc.value)
+
+
+def test_a_run_of_several_ships_names_them_all():
+    """`n2w backfill` runs a block of neighbouring ships × hours as one range run: its alert
+    lists every ship the range covers, and the hours."""
+    ships = ("IMO1", "IMO2", "IMO3", "IMO4")
+    tags = {"dagster/asset_partition_range_start": "2025-03-01-00:00|IMO2",
+            "dagster/asset_partition_range_end": "2025-03-01-05:00|IMO4"}
+    assert run_scope(tags, ships) == {"ship": None, "ships": ["IMO2", "IMO3", "IMO4"],
+                                      "hours": {"start": "2025-03-01T00:00", "end": "2025-03-01T06:00"}}
+    one = {k: v.replace("IMO4", "IMO2") for k, v in tags.items()}
+    assert run_scope(one, ships)["ships"] == ["IMO2"]

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import dagster as dg
 
 from n2w_pipeline.config import Settings
-from n2w_pipeline.logs import kind_of, ship_of
+from n2w_pipeline.logs import kind_of, ship_in_key, ship_of
 
 RUN_SENSOR = "n2w_run_failure_alert"
 CHECK_SENSOR = "n2w_check_failure_alert"
@@ -70,8 +70,11 @@ def run_scope(tags: Mapping[str, str], ships: tuple[str, ...]) -> dict[str, Any]
         stop = dt.datetime.fromisoformat(end) + dt.timedelta(hours=1)
         hours = {"start": start, "end": stop.strftime("%Y-%m-%dT%H:%M")}
     ship = ship_of(tags, ships)
-    listed = tags.get("n2w/realtime_ships", "")
-    return {"ship": ship, "ships": [ship] if ship else [s for s in listed.split(",") if s], "hours": hours}
+    listed = [s for s in tags.get("n2w/realtime_ships", "").split(",") if s]
+    a, b = ship_in_key(first or "", ships), ship_in_key(last or "", ships)
+    if not ship and not listed and a in ships and b in ships:  # a range run of several ships
+        listed = list(ships[ships.index(a):ships.index(b) + 1])
+    return {"ship": ship, "ships": [ship] if ship else listed, "hours": hours}
 
 
 def run_payload(settings: Settings, instance: dg.DagsterInstance, run: dg.DagsterRun) -> dict[str, Any]:
