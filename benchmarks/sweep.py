@@ -58,7 +58,7 @@ from corrections import pick_channels, write_file  # noqa: E402
 from n2w_pipeline.channels import load_catalog  # noqa: E402
 from n2w_pipeline.config import Settings  # noqa: E402
 from n2w_pipeline.database import database_url  # noqa: E402
-from n2w_pipeline.materialize import PIPELINE_LANES  # noqa: E402
+from n2w_pipeline.lanes import PIPELINE_LANES  # noqa: E402
 from n2w_pipeline.write import ensure_support_tables  # noqa: E402
 
 SOURCE, TARGET, CORR = "n2w_sweep", "n2w_sweep_wide", "n2w_sweep_corr"

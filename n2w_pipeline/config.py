@@ -188,7 +188,7 @@ class Settings:
     slice_hours: int = 6
     """N2W_SLICE_HOURS: hours extracted, pivoted and written per transaction (6: `n2w bench sweep`)."""
     pipeline_lanes: int | None = None
-    """N2W_PIPELINE_LANES: slices in flight per window; unset → materialize.PIPELINE_LANES (2)."""
+    """N2W_PIPELINE_LANES: slices in flight per window; unset → lanes.PIPELINE_LANES (2)."""
     run_hours: int = 168
     """N2W_RUN_HOURS: partitions per backfill run (BackfillPolicy.multi_run)."""
     realtime: bool = True

@@ -43,6 +43,7 @@ from n2w_pipeline.channels import TIME_COLUMN, ChannelCatalog, ChannelGroup
 from n2w_pipeline.config import Settings
 from n2w_pipeline.extract import NarrowReader
 from n2w_pipeline.hours import HOUR_US, from_hour_number, window_slices
+from n2w_pipeline.lanes import PIPELINE_LANES, Lane, LanePool
 from n2w_pipeline.pivot import ChannelCodes, WideBlock, pivot_coded, resolve_values
 from n2w_pipeline.retries import with_retries
 from n2w_pipeline.write import (
@@ -54,12 +55,6 @@ from n2w_pipeline.write import (
     lock_hours,
     write_block,
 )
-
-PIPELINE_LANES = 2
-"""Slices in flight per window (one extracting while the other pivots and writes). This default,
-N2W_SLICE_HOURS (6), `n2w backfill --parallel` (1) and N2W_CORRECTION_WORKERS (2) follow from
-`n2w bench sweep`: each was within the noise of the fastest configuration of its grid
-(docs/operations.md#throughput-sweep; the sweep of 2026-12-02 ran on a busy machine)."""
 
 FLEET_SLICE_SHIPS = 8
 """At most this many ships (or ``slice_hours``, if more) are read in one slice."""
@@ -442,34 +437,6 @@ def materialize_window(
     return total
 
 
-class Lane:
-    """One lane's connections, a writer on the data database and a reader on the source:
-    opened on first use, dropped after a transient error and opened again by the next
-    attempt (a broken connection stays broken)."""
-
-    def __init__(self, url: str, source_url: str, settings: Settings, channels: Sequence[str]) -> None:
-        self.args = (url, source_url, settings, channels)
-        self.conn: psycopg.Connection | None = None
-        self.reader: NarrowReader | None = None
-
-    def open(self) -> tuple[psycopg.Connection, NarrowReader]:
-        url, source_url, settings, channels = self.args
-        if self.conn is None or self.conn.closed:
-            self.conn = psycopg.connect(url)
-        if self.reader is None:
-            self.reader = NarrowReader(source_url, settings, channels)
-        return self.conn, self.reader
-
-    def drop(self) -> None:
-        conn, reader, self.conn, self.reader = self.conn, self.reader, None, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()
-        if reader is not None:
-            with contextlib.suppress(Exception):
-                reader.close()
-
-
 class _Skipped(Exception):
     """A slice not started because another slice of the window failed."""
 
@@ -493,23 +460,3 @@ def _collect(
         if progress is not None:
             progress(done, n, total)
     return done
-
-
-class LanePool:
-    """``size`` lanes (``Lane``) for one run's windows: ``materialize_window(connections=…)``
-    takes the first ones it needs, so a run of many ship-hours (a realtime run covers one hour
-    of up to every ship) opens its readers once. Close it (or use it as a context manager)."""
-
-    def __init__(self, url: str, source_url: str, settings: Settings, channels: Sequence[str],
-                 size: int = PIPELINE_LANES) -> None:
-        self.lanes = [Lane(url, source_url, settings, channels) for _ in range(max(1, size))]
-
-    def close(self) -> None:
-        for lane in self.lanes:
-            lane.drop()
-
-    def __enter__(self) -> LanePool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

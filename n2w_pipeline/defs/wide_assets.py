@@ -17,7 +17,8 @@ from n2w_pipeline.defs.checks import recheck_results, run_check_results, run_che
 from n2w_pipeline.defs.partitions import fleet_windows, ship_windows, wide_partitions
 from n2w_pipeline.defs.resources import N2WDatabase
 from n2w_pipeline.instance import DB_POOL
-from n2w_pipeline.materialize import PIPELINE_LANES, LanePool, WindowStats, materialize_window
+from n2w_pipeline.lanes import PIPELINE_LANES, LanePool
+from n2w_pipeline.materialize import WindowStats, materialize_window
 from n2w_pipeline.pivot import ChannelCodes
 from n2w_pipeline.retries import with_retries
 
