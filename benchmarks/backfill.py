@@ -285,12 +285,12 @@ def executemany_rows(conn: psycopg.Connection, settings: Settings, catalog: Chan
 
 
 def n2w_run(start: dt.datetime, end: dt.datetime, parallel: int = 1, checks: bool = False,
-            source: str = SOURCE, ships: tuple[str, ...] = (SHIP,), per_ship: bool = False) -> dict:
+            source: str = SOURCE, ships: tuple[str, ...] = (SHIP,), ships_per_run: int = 1) -> dict:
     """n2w through Dagster (``n2w backfill``'s code path) in a fresh process: wall time of
     the runs, and the peak RSS of the process or worker that peaked (a run's process).
-    ``per_ship``: one run per ship, as the UI cuts a backfill; else n2w backfill's plan."""
+    ``ships_per_run``: N2W_BACKFILL_SHIPS_PER_RUN of n2w backfill's plan."""
     spec = {"start": start.isoformat(), "end": end.isoformat(), "parallel": parallel, "checks": checks,
-            "source": source, "ships": list(ships), "per_ship": per_ship}
+            "source": source, "ships": list(ships), "ships_per_run": ships_per_run}
     out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
                          capture_output=True, text=True, check=False)
     if out.returncode != 0:
@@ -304,12 +304,11 @@ def child(text: str) -> None:
     spec = json.loads(text)
     ships = tuple(spec["ships"])
     settings = replace(bench_settings(Settings.from_env(), checks=spec["checks"]),
-                       source_schema=spec["source"], ships=ships)
+                       source_schema=spec["source"], ships=ships,
+                       backfill_ships_per_run=spec.get("ships_per_run", 1))
     start, end = dt.datetime.fromisoformat(spec["start"]), dt.datetime.fromisoformat(spec["end"])
-    runs = [((ship,), start, end) for ship in ships] if spec["per_ship"] else None
     t0 = time.perf_counter()
-    summaries = run_backfill(settings, list(ships), start, end, quiet=True, parallel=spec["parallel"],
-                             runs=runs)
+    summaries = run_backfill(settings, list(ships), start, end, quiet=True, parallel=spec["parallel"])
     seconds = time.perf_counter() - t0
     rows = sum(next(iter(s["assets"].values()))["narrow_rows_read"] for s in summaries)
     # --parallel runs in worker processes (waited for: RUSAGE_CHILDREN is the largest one's)

@@ -191,6 +191,10 @@ class Settings:
     """N2W_PIPELINE_LANES: slices in flight per window; unset → lanes.PIPELINE_LANES (2)."""
     run_hours: int = 168
     """N2W_RUN_HOURS: partitions per backfill run (BackfillPolicy.multi_run)."""
+    backfill_ships_per_run: int = 1
+    """N2W_BACKFILL_SHIPS_PER_RUN: ships per `n2w backfill` run. 1: a run per ship and range
+    (fastest on a fleet table: `n2w bench backfill --fleet`); more: blocks of neighbouring ships
+    × hours whose slices read all their ships at once."""
     realtime: bool = True
     """N2W_REALTIME: 1/0 — the realtime sensor's default status (RUNNING or STOPPED)."""
     realtime_cursor: str = "id"
@@ -323,9 +327,9 @@ class Settings:
             if v not in ("id", "server_created_time"):
                 raise SettingError(f"N2W_REALTIME_CURSOR_COLUMN must be id or server_created_time, got {v!r}")
             kw["realtime_cursor"] = v
-        for name in ("slice_hours", "run_hours", "realtime_interval_seconds", "realtime_batch_rows",
-                     "correction_workers", "pipeline_lanes", "export_retries", "celery_visibility_timeout",
-                     "db_retries", "log_max_mb", "log_backups"):
+        for name in ("slice_hours", "run_hours", "backfill_ships_per_run", "realtime_interval_seconds",
+                     "realtime_batch_rows", "correction_workers", "pipeline_lanes", "export_retries",
+                     "celery_visibility_timeout", "db_retries", "log_max_mb", "log_backups"):
             if (v := get(name.upper())) is not None:
                 kw[name] = _int(f"N2W_{name.upper()}", v)
                 if kw[name] < 1:

@@ -262,7 +262,7 @@ def test_backfill_steps_run_on_the_workers_capped_by_the_pool_and_equal_the_sql_
     cl = cluster
     cl.ensure_running()
     settings = cl.settings
-    runs = plan_runs(SHIPS, H0, H0 + 2 * HOUR, 2)  # 2 partitions a run: both ships x one hour, twice
+    runs = plan_runs(SHIPS, H0, H0 + 2 * HOUR, 2, ships_per_run=2)  # both ships x one hour, twice
     assert len(runs) == 2
     apply_dagster_env(settings)
     bar = io.StringIO()

@@ -35,13 +35,15 @@ OTHER_SHIP = "IMO0000001"  # in the table, not in N2W_SHIPS
 def fleet(backfill_env: Settings, lists_dir: Path,
           conn: psycopg.Connection) -> tuple[Settings, ChannelCatalog]:
     """Eight configured ships and one more, 3 hours interleaved hour by hour, 10 channels a
-    group; runs of at most 24 partitions, slices of 2 ship-hours (so one hour of all)."""
+    group; `n2w backfill` in blocks of up to 8 ships (N2W_BACKFILL_SHIPS_PER_RUN) × at most 24
+    partitions, slices of 2 ship-hours (so one hour of all)."""
     small = lists_dir.parent / "small_lists"
     small.mkdir()
     for path in sorted(lists_dir.glob("*.txt")):
         channels = [ln for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
         (small / path.name).write_text("\n".join(channels[:10]) + "\n")
-    s = replace(backfill_env, ships=REFERENCE_SHIPS, channel_lists_dir=small, slice_hours=2, run_hours=24)
+    s = replace(backfill_env, ships=REFERENCE_SHIPS, channel_lists_dir=small, slice_hours=2, run_hours=24,
+                backfill_ships_per_run=8)
     catalog = load_catalog(small)
     generate(conn, s, catalog, [*s.ships, OTHER_SHIP], H0, END, seed=31, interleave=True)
     return s, catalog

@@ -139,10 +139,14 @@ def plan_runs(
     run_hours: int,
     done: Mapping[str, set[dt.datetime]] | None = None,
     order: Sequence[str] | None = None,
+    ships_per_run: int = 1,
 ) -> list[Run]:
     """The runs of a backfill: the (ship, hour) partitions of ``ships`` × [start, end) not
-    in ``done[ship]``, as blocks of ships × contiguous hours of at most ``run_hours``
-    partitions each, in time order.
+    in ``done[ship]``, as blocks of up to ``ships_per_run`` ships × contiguous hours of at
+    most ``run_hours`` partitions each, in time order. One ship per run (the default,
+    N2W_BACKFILL_SHIPS_PER_RUN) measured fastest on a fleet table: 8 ship-days in 45.6 s,
+    against 57.0 s in blocks of 8 ships (`n2w bench backfill --fleet`, 2026-12-03, an idle
+    2-core machine; docs/backfills.md).
 
     A block's ships are consecutive in ``order`` (the ship dimension's order, N2W_SHIPS;
     default ``ships``), because a Dagster range run from (first ship, first hour) to
@@ -163,7 +167,7 @@ def plan_runs(
             stretches.append((need, [hour]))
     runs: list[Run] = []
     for need, hours in stretches:
-        for block in _consecutive(need, position, run_hours):
+        for block in _consecutive(need, position, max(1, min(run_hours, ships_per_run))):
             per_run = max(1, run_hours // len(block))
             count = -(-len(hours) // per_run)
             size = -(-len(hours) // count)  # equal runs: two at a time finish together
@@ -379,8 +383,9 @@ def run_backfill(
     runs: Sequence[Run] | None = None,
 ) -> list[dict]:
     """Materialise the wide assets for ``ships`` × [start, end) through Dagster, in runs
-    of at most ``settings.run_hours`` partitions (``plan_runs``: neighbouring ships ×
-    hours, so a fleet's ships share each read), recorded in the n2w instance.
+    of at most ``settings.run_hours`` partitions (``plan_runs``: a ship per run, or blocks
+    of N2W_BACKFILL_SHIPS_PER_RUN neighbouring ships × hours that share each read),
+    recorded in the n2w instance.
 
     ``resume``: skip the (ship, hour) partitions every wide asset has already
     materialised (a run that failed or was killed materialised none of its partitions,
@@ -416,7 +421,8 @@ def run_backfill(
             done = materialized_hours(instance, settings, [wide_asset_key(g) for g in catalog.groups], ships)
         limit = sync_pool_limit(instance)
     if runs is None:
-        runs = plan_runs(ships, start, end, settings.run_hours, done, settings.ships)
+        runs = plan_runs(ships, start, end, settings.run_hours, done, settings.ships,
+                         settings.backfill_ships_per_run)
     if parallel is None:
         parallel = (limit or 1) if celery else 1
     if limit:
