@@ -186,16 +186,16 @@ def main(args: argparse.Namespace) -> int:
     r = crosstab(url, cross, catalog, [(s, START, START + DAY) for s in SHIPS], streams=2)
     line("tablefunc.crosstab per group per ship-day, 2 streams", fleet_rows, r["seconds"])
     fleet_kw = {"start": START, "end": START + DAY, "source": FLEET_SOURCE, "ships": SHIPS}
-    for parallel in (1, 2):  # a run per ship (N2W_BACKFILL_SHIPS_PER_RUN=1), as the UI cuts it too
+    for parallel in (1, 2):  # blocks of 8 ships x 12 h (N2W_BACKFILL_SHIPS_PER_RUN=8): fleet reads
         n2w(f"n2w backfill, 8 ships x day, --parallel {parallel}", parallel=parallel, **fleet_kw)
-    n2w("n2w, runs of 8 ships x 12 h (fleet reads), 2 at a time", parallel=2, ships_per_run=8, **fleet_kw)
+    n2w("n2w, a run per ship (the UI's cut), 2 at a time", parallel=2, ships_per_run=1, **fleet_kw)
     with psycopg.connect(url, autocommit=True) as conn:
         t0 = time.perf_counter()
         ensure_ship_time_index(conn, fleet)
         built = time.perf_counter() - t0
     print(f"  n2w prepare: (ship_id, created_time) index built in {built:.1f} s")
     try:
-        n2w("n2w backfill, --parallel 2, with that index", parallel=2, **fleet_kw)
+        n2w("n2w, a run per ship, 2 at a time, with that index", parallel=2, ships_per_run=1, **fleet_kw)
     finally:
         with psycopg.connect(url, autocommit=True) as conn:
             drop_ship_time_index(conn, fleet)

@@ -285,10 +285,11 @@ def executemany_rows(conn: psycopg.Connection, settings: Settings, catalog: Chan
 
 
 def n2w_run(start: dt.datetime, end: dt.datetime, parallel: int = 1, checks: bool = False,
-            source: str = SOURCE, ships: tuple[str, ...] = (SHIP,), ships_per_run: int = 1) -> dict:
+            source: str = SOURCE, ships: tuple[str, ...] = (SHIP,),
+            ships_per_run: int | None = None) -> dict:
     """n2w through Dagster (``n2w backfill``'s code path) in a fresh process: wall time of
     the runs, and the peak RSS of the process or worker that peaked (a run's process).
-    ``ships_per_run``: N2W_BACKFILL_SHIPS_PER_RUN of n2w backfill's plan."""
+    ``ships_per_run``: N2W_BACKFILL_SHIPS_PER_RUN of n2w backfill's plan (None: its default)."""
     spec = {"start": start.isoformat(), "end": end.isoformat(), "parallel": parallel, "checks": checks,
             "source": source, "ships": list(ships), "ships_per_run": ships_per_run}
     out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
@@ -304,8 +305,9 @@ def child(text: str) -> None:
     spec = json.loads(text)
     ships = tuple(spec["ships"])
     settings = replace(bench_settings(Settings.from_env(), checks=spec["checks"]),
-                       source_schema=spec["source"], ships=ships,
-                       backfill_ships_per_run=spec.get("ships_per_run", 1))
+                       source_schema=spec["source"], ships=ships)
+    if spec.get("ships_per_run"):
+        settings = replace(settings, backfill_ships_per_run=spec["ships_per_run"])
     start, end = dt.datetime.fromisoformat(spec["start"]), dt.datetime.fromisoformat(spec["end"])
     t0 = time.perf_counter()
     summaries = run_backfill(settings, list(ships), start, end, quiet=True, parallel=spec["parallel"])

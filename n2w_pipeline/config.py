@@ -191,10 +191,10 @@ class Settings:
     """N2W_PIPELINE_LANES: slices in flight per window; unset → lanes.PIPELINE_LANES (2)."""
     run_hours: int = 168
     """N2W_RUN_HOURS: partitions per backfill run (BackfillPolicy.multi_run)."""
-    backfill_ships_per_run: int = 1
-    """N2W_BACKFILL_SHIPS_PER_RUN: ships per `n2w backfill` run. 1: a run per ship and range
-    (fastest on a fleet table: `n2w bench backfill --fleet`); more: blocks of neighbouring ships
-    × hours whose slices read all their ships at once."""
+    backfill_ships_per_run: int = 8
+    """N2W_BACKFILL_SHIPS_PER_RUN: ships per `n2w backfill` run: blocks of up to 8 neighbouring
+    ships × hours whose slices read all their ships at once (one scan of a fleet table's hours,
+    on any server and index); 1: a run per ship and range, as the UI cuts a backfill."""
     realtime: bool = True
     """N2W_REALTIME: 1/0 — the realtime sensor's default status (RUNNING or STOPPED)."""
     realtime_cursor: str = "id"

@@ -56,23 +56,25 @@ def test_plan_runs_cuts_ranges_and_skips_done_hours():
 
 
 def test_plan_runs_makes_blocks_of_consecutive_ships():
-    """With N2W_BACKFILL_SHIPS_PER_RUN > 1: ships × hours blocks of at most run_hours
-    partitions, ships consecutive in the dimension's order (a Dagster range covers every
-    ship between its ends). By default a run per ship."""
+    """Ships × hours blocks of at most run_hours partitions and N2W_BACKFILL_SHIPS_PER_RUN
+    ships, consecutive in the dimension's order (a Dagster range covers every ship between
+    its ends); with 1 ship per run, each ship's hours alone."""
     a, b, c, d = "IMO1", "IMO2", "IMO3", "IMO4"
     h = [H0 + i * HOUR for i in range(11)]
     order = [a, b, c, d]
-    # by default: each ship's 10 hours in two equal runs of at most 8 partitions
-    assert plan_runs(order, H0, h[10], 8) == [((x,), h[0], h[5]) for x in order] + [
+    assert plan_runs(order, H0, h[10], 8) == [((a, b, c, d), h[i], h[i + 2]) for i in range(0, 10, 2)]
+    # one ship per run: each ship's 10 hours in two equal runs of at most 8 partitions
+    assert plan_runs(order, H0, h[10], 8, ships_per_run=1) == [((x,), h[0], h[5]) for x in order] + [
         ((x,), h[5], h[10]) for x in order]
-    assert plan_runs(order, H0, h[10], 8, ships_per_run=4) == [
-        ((a, b, c, d), h[i], h[i + 2]) for i in range(0, 10, 2)]
+    # two ships per run: 4 hours each (8 partitions), the 10 hours in three runs per block
+    assert plan_runs(order, H0, h[10], 8, ships_per_run=2) == [
+        (blk, a_, b_) for a_, b_ in ((h[0], h[4]), (h[4], h[8]), (h[8], h[10])) for blk in ((a, b), (c, d))]
     # c not asked for: two blocks, each cut into equal runs of at most 8 partitions
-    assert plan_runs([d, a, b], H0, h[10], 8, order=order, ships_per_run=8) == [
+    assert plan_runs([d, a, b], H0, h[10], 8, order=order) == [
         ((a, b), h[0], h[4]), ((d,), h[0], h[5]), ((a, b), h[4], h[8]), ((d,), h[5], h[10]),
         ((a, b), h[8], h[10])]
     # b already has its first hour: that hour is a's alone, the rest a block of both
-    assert plan_runs([a, b], H0, h[10], 8, {b: {h[0]}}, ships_per_run=2) == [
+    assert plan_runs([a, b], H0, h[10], 8, {b: {h[0]}}) == [
         ((a,), h[0], h[1]), ((a, b), h[1], h[4]), ((a, b), h[4], h[7]), ((a, b), h[7], h[10])]
     # more ships than partitions per run: one hour of at most run_hours ships
     assert plan_runs(order, H0, h[1], 3, ships_per_run=8) == [((a, b, c), h[0], h[1]), ((d,), h[0], h[1])]

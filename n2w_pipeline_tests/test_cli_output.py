@@ -4,6 +4,7 @@ files, and on the terminal with --verbose; `n2w report` reads the runs' figures 
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import re
@@ -50,34 +51,41 @@ def test_backfill_terminal_shows_bar_runs_and_summary_only(settings, pg_url, tmp
         out = n2w(env, "backfill", "--start", "2025-03-01", "--end", "2025-03-01T02:00")
         lines = assert_quiet(out)
         runs = [ln for ln in out.stderr.splitlines() if ln.startswith("run ")]
-        assert sorted(r.split()[2] for r in runs) == sorted(s.ships)  # one line per finished run
+        # one line per finished run: run_hours=2 partitions, so blocks of both ships × 1 hour
+        both = f"{s.ships[0]}..{s.ships[1]} (2 ships)"
+        assert sorted(r.split(" ", 2)[2].split(": ")[0] for r in runs) == [
+            f"{both} 2025-03-01 00:00..2025-03-01 01:00", f"{both} 2025-03-01 01:00..2025-03-01 02:00"]
         assert any(ln.startswith("[") and "4/4 ship-hours" in ln for ln in lines)
         assert out.stdout.strip().splitlines()[-1].startswith("2 run(s), 2 ship(s)")
 
-        # Dagster's lines went to the log file of each ship's backfill
-        for ship in s.ships:
-            text = (s.state_dir / "logs" / "backfill" / f"{ship}.log").read_text()
-            assert "STEP_START" in text and "RUN_SUCCESS" in text and "channel(s) in no channel list" in text
-            assert all(other not in text for other in s.ships if other != ship)
+        # Dagster's lines went to the log file of the backfill's runs of several ships
+        text = (s.state_dir / "logs" / "backfill" / "fleet.log").read_text()
+        assert "STEP_START" in text and "RUN_SUCCESS" in text and "channel(s) in no channel list" in text
 
         # n2w report: the same runs, with the figures the materialisations recorded
         report = json.loads(n2w(env, "report", "--last", "5", "--json").stdout)
         assert len(report) == 2
         with psycopg.connect(pg_url) as conn:
             for r in report:
-                ship = r["windows"][0][0]
-                narrow = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE ship_id = %s").format(
-                    sql.Identifier(s.source_schema, "tbl_data_timeseries")), (ship,)).fetchone()[0]
+                narrow = sum(conn.execute(sql.SQL(
+                    "SELECT count(*) FROM {} WHERE ship_id = %s AND created_time >= %s AND created_time < %s"
+                ).format(sql.Identifier(s.source_schema, "tbl_data_timeseries")),
+                    (ship, dt.datetime.fromisoformat(a), dt.datetime.fromisoformat(b))).fetchone()[0]
+                    for ship, a, b in r["windows"])
+                assert sorted(w[0] for w in r["windows"]) == sorted(s.ships)
                 assert (r["narrow_rows_read"], r["status"], r["kind"]) == (narrow, "SUCCESS", "backfill")
+                assert narrow > 0
                 assert r["seconds"] > 0 and r["narrow_rows_per_s"] > 0 and r["peak_rss_mb"] > 50
                 assert all(0 < v <= 100 for v in r["filled_pct"].values()) and len(r["filled_pct"]) == 3
         table = format_table(report, "http://ui:3000")
         assert "rows/s" in table and report[0]["run_id"][:8] in table and "http://ui:3000/runs/" in table
 
-        # --verbose: Dagster's own lines on the terminal too
+        # --verbose: Dagster's own lines on the terminal too; a run of one ship logs to its own file
         verbose = n2w(env, "--verbose", "backfill", "--ship", s.ships[0], "--start", "2025-03-01",
                       "--end", "2025-03-01T01:00", "--all")
         assert "STEP_START" in verbose.stderr
+        text = (s.state_dir / "logs" / "backfill" / f"{s.ships[0]}.log").read_text()
+        assert "STEP_START" in text and "RUN_SUCCESS" in text and s.ships[1] not in text
 
 
 class _Tty(io.StringIO):

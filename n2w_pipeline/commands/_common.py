@@ -139,14 +139,15 @@ def plan_runs(
     run_hours: int,
     done: Mapping[str, set[dt.datetime]] | None = None,
     order: Sequence[str] | None = None,
-    ships_per_run: int = 1,
+    ships_per_run: int = 8,
 ) -> list[Run]:
     """The runs of a backfill: the (ship, hour) partitions of ``ships`` × [start, end) not
-    in ``done[ship]``, as blocks of up to ``ships_per_run`` ships × contiguous hours of at
-    most ``run_hours`` partitions each, in time order. One ship per run (the default,
-    N2W_BACKFILL_SHIPS_PER_RUN) measured fastest on a fleet table: 8 ship-days in 45.6 s,
-    against 57.0 s in blocks of 8 ships (`n2w bench backfill --fleet`, 2026-12-03, an idle
-    2-core machine; docs/backfills.md).
+    in ``done[ship]``, as blocks of up to ``ships_per_run`` ships (N2W_BACKFILL_SHIPS_PER_RUN)
+    × contiguous hours of at most ``run_hours`` partitions each, in time order. On a fleet
+    table a block's slices read each hour's pages once for all its ships, whatever the
+    server and indexes; on PostgreSQL 18 (skip scan) a run per ship measured the same within
+    the noise (`n2w bench backfill --fleet`, two idle runs of 2026-12-03: 57.0 and 40.8 s in
+    blocks, 45.6 and 49.5 s a run per ship; docs/backfills.md).
 
     A block's ships are consecutive in ``order`` (the ship dimension's order, N2W_SHIPS;
     default ``ships``), because a Dagster range run from (first ship, first hour) to
@@ -383,8 +384,8 @@ def run_backfill(
     runs: Sequence[Run] | None = None,
 ) -> list[dict]:
     """Materialise the wide assets for ``ships`` × [start, end) through Dagster, in runs
-    of at most ``settings.run_hours`` partitions (``plan_runs``: a ship per run, or blocks
-    of N2W_BACKFILL_SHIPS_PER_RUN neighbouring ships × hours that share each read),
+    of at most ``settings.run_hours`` partitions (``plan_runs``: blocks of up to
+    N2W_BACKFILL_SHIPS_PER_RUN neighbouring ships × hours that share each read),
     recorded in the n2w instance.
 
     ``resume``: skip the (ship, hour) partitions every wide asset has already
