@@ -272,8 +272,9 @@ def verdict(decision: dict, defaults: dict) -> list[str]:
     lines = [f"noise of this run: {d['measured_noise_pct']} % (the default configuration first vs last); "
              f"'within noise' = within {d['noise_pct']} % of the fastest"]
     if not d["quiet_enough"]:
-        lines.append(f"noise above {QUIET_NOISE_PCT:.0f} %: the machine was busy, figures are indicative "
-                     "only; re-run on a quiet machine before changing a default")
+        lines.append(f"noise above {QUIET_NOISE_PCT:.0f} %: the machine was busy or the cells drifted "
+                     "through the run (both seen here); figures are indicative only; re-run on a quiet "
+                     "machine before changing a default")
     lines.append(f"fastest: {label({'kind': 'backfill', **f})} at {f['rows_per_s']:,.0f} rows/s; "
                  "within noise: " + "; ".join(d["backfill_within_noise"]))
     lines.append(f"default configuration: {d['default']['rows_per_s']:,.0f} rows/s (mean of its two runs), "
