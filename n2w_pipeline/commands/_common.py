@@ -381,7 +381,6 @@ def run_backfill(
     quiet: bool = False,
     parallel: int | None = 1,
     resume: bool = False,
-    runs: Sequence[Run] | None = None,
 ) -> list[dict]:
     """Materialise the wide assets for ``ships`` × [start, end) through Dagster, in runs
     of at most ``settings.run_hours`` partitions (``plan_runs``: blocks of up to
@@ -397,8 +396,6 @@ def run_backfill(
     (``_celery_backfill``). Returns one summary per run, in plan order: ships, window,
     seconds, narrow rows and metadata. The first failed run raises after the runs already
     started have finished (``BackfillFailed`` with the run's error under Celery).
-    ``runs``: this plan instead of ``plan_runs``'s (e.g. one ship per run, as the UI cuts
-    a backfill; ``resume`` is then ignored).
     """
     import dagster as dg
 
@@ -421,9 +418,8 @@ def run_backfill(
         if resume:
             done = materialized_hours(instance, settings, [wide_asset_key(g) for g in catalog.groups], ships)
         limit = sync_pool_limit(instance)
-    if runs is None:
-        runs = plan_runs(ships, start, end, settings.run_hours, done, settings.ships,
-                         settings.backfill_ships_per_run)
+    runs = plan_runs(ships, start, end, settings.run_hours, done, settings.ships,
+                     settings.backfill_ships_per_run)
     if parallel is None:
         parallel = (limit or 1) if celery else 1
     if limit:
