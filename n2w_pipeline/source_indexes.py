@@ -27,7 +27,12 @@ from psycopg import sql
 
 from n2w_pipeline.config import Settings
 from n2w_pipeline.realtime.cursor import arrival
-from n2w_pipeline.realtime.index import arrival_index_ddl, arrival_index_problem, ensure_arrival_index
+from n2w_pipeline.realtime.index import (
+    arrival_index_ddl,
+    arrival_index_problem,
+    build_concurrently,
+    ensure_arrival_index,
+)
 
 
 def ship_time_index_name(settings: Settings) -> str:
@@ -110,14 +115,8 @@ def ensure_ship_time_index(conn: psycopg.Connection, settings: Settings) -> bool
     created. An invalid leftover of an interrupted concurrent build is dropped and rebuilt."""
     if ship_time_index_problem(conn, settings) is None:
         return False
-    name = sql.Identifier(settings.source_schema, ship_time_index_name(settings))
-    invalid = conn.execute(
-        "SELECT 1 FROM pg_index WHERE indexrelid = to_regclass(%s) AND NOT indisvalid",
-        (name.as_string(conn),),
-    ).fetchone()
-    if invalid:
-        conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(name))
-    conn.execute(ship_time_index_ddl(settings))
+    build_concurrently(conn, sql.Identifier(settings.source_schema, ship_time_index_name(settings)),
+                       ship_time_index_ddl(settings))
     return True
 
 

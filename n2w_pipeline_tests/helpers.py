@@ -96,6 +96,39 @@ def all_digests(conn: psycopg.Connection, settings: Settings, catalog: ChannelCa
     return out
 
 
+def wide_hours(conn: psycopg.Connection, settings: Settings, catalog: ChannelCatalog,
+               ship: str) -> dict[int, dict[dt.datetime, int]]:
+    """Rows per hour of each of the ship's wide tables, by group ({} for a table never created)."""
+    out: dict[int, dict[dt.datetime, int]] = {}
+    for g in catalog.groups:
+        name = sql.Identifier(settings.target_schema, settings.table_name(ship, g.number))
+        if conn.execute("SELECT to_regclass(%s)", (name.as_string(conn),)).fetchone() == (None,):
+            out[g.number] = {}
+            continue
+        out[g.number] = dict(conn.execute(sql.SQL(
+            "SELECT date_trunc('hour', created_time), count(*) FROM {} GROUP BY 1").format(name)).fetchall())
+    return out
+
+
+def reject_inserts_from(settings: Settings, catalog: ChannelCatalog, ship: str, group: ChannelGroup,
+                        since: dt.datetime) -> sql.Identifier:
+    """Make every insert into ``ship``'s wide table of ``group`` at or after ``since`` fail
+    ('simulated failure'), as a write failing mid-run; returns the table (DROP TRIGGER reject
+    ON it to heal)."""
+    from n2w_pipeline.materialize import prepare_tables
+
+    with psycopg.connect(settings.database_url, autocommit=True) as c:
+        prepare_tables(c, settings, catalog.groups, [ship])
+        table = sql.Identifier(settings.target_schema, settings.table_name(ship, group.number))
+        fn = sql.Identifier(settings.target_schema, "n2w_test_reject")
+        c.execute(sql.SQL("CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS "
+                          "$$BEGIN RAISE EXCEPTION 'simulated failure'; END$$").format(fn))
+        c.execute(sql.SQL("CREATE TRIGGER reject BEFORE INSERT ON {} FOR EACH ROW "
+                          "WHEN (NEW.created_time >= {}) EXECUTE FUNCTION {}()").format(
+            table, sql.Literal(since), fn))
+    return table
+
+
 def run_wide(
     settings: Settings,
     catalog: ChannelCatalog,

@@ -16,8 +16,15 @@ from n2w_pipeline.commands._common import materialized_hours, plan_runs, run_bac
 from n2w_pipeline.config import Settings
 from n2w_pipeline.defs.wide_assets import wide_asset_key
 from n2w_pipeline.generate import generate
-from n2w_pipeline.materialize import fleet_slices, materialize_window, prepare_tables
-from n2w_pipeline_tests.helpers import hour_key, run_wide, sql_reference, wide_cells
+from n2w_pipeline.materialize import fleet_slices, materialize_window
+from n2w_pipeline_tests.helpers import (
+    hour_key,
+    reject_inserts_from,
+    run_wide,
+    sql_reference,
+    wide_cells,
+    wide_hours,
+)
 
 H0 = dt.datetime(2025, 3, 1, 0, 0)
 HOUR = dt.timedelta(hours=1)
@@ -31,18 +38,6 @@ def assert_equals_reference(conn: psycopg.Connection, settings: Settings, catalo
         assert ref_cells, "the generator must have produced values"
         assert times == ref_times, (ship, g.number)
         assert cells == ref_cells, (ship, g.number)
-
-
-def rows_per_hour(conn: psycopg.Connection, settings: Settings, catalog: ChannelCatalog,
-                  ship: str) -> dict[int, dict[dt.datetime, int]]:
-    out = {}
-    for g in catalog.groups:
-        rows = conn.execute(
-            sql.SQL("SELECT date_trunc('hour', created_time), count(*) FROM {} GROUP BY 1").format(
-                sql.Identifier(settings.target_schema, settings.table_name(ship, g.number)))
-        ).fetchall()
-        out[g.number] = dict(rows)
-    return out
 
 
 def test_plan_runs_cuts_ranges_and_skips_done_hours():
@@ -137,21 +132,13 @@ def test_interrupted_parallel_backfill_resumes_only_missing_partitions(backfill_
     generate(conn, s, catalog, ships, H0, end, seed=23)
     # The run of `broken` dies in its third hour: a trigger rejects rows from 02:00 on,
     # in one group only (the others are written in the same transaction).
-    with psycopg.connect(s.database_url, autocommit=True) as c:
-        prepare_tables(c, s, catalog.groups, [broken])
-        table = sql.Identifier(s.target_schema, s.table_name(broken, catalog.groups[1].number))
-        fn = sql.Identifier(s.target_schema, "n2w_test_reject")
-        c.execute(sql.SQL("CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS "
-                          "$$BEGIN RAISE EXCEPTION 'simulated failure'; END$$").format(fn))
-        c.execute(sql.SQL("CREATE TRIGGER reject BEFORE INSERT ON {} FOR EACH ROW "
-                          "WHEN (NEW.created_time >= {}) EXECUTE FUNCTION {}()").format(
-            table, sql.Literal(H0 + 2 * HOUR), fn))
+    table = reject_inserts_from(s, catalog, broken, catalog.groups[1], H0 + 2 * HOUR)
 
     with pytest.raises(Exception, match="simulated failure"):
         run_backfill(s, ships, H0, end, quiet=True, parallel=2, resume=True)
 
     # no partial hour: hour 02:00 of `broken` is in none of its tables; earlier hours are whole
-    per_hour = rows_per_hour(conn, s, catalog, broken)
+    per_hour = wide_hours(conn, s, catalog, broken)
     assert all(H0 + 2 * HOUR not in hours for hours in per_hour.values())
     assert all(hours.get(H0) == 240 for hours in per_hour.values())
     for h in (H0, H0 + HOUR):

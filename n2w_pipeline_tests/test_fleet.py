@@ -20,10 +20,16 @@ from n2w_pipeline.config import REFERENCE_SHIPS, Settings
 from n2w_pipeline.defs.wide_assets import wide_asset_key
 from n2w_pipeline.extract import copy_extract_query
 from n2w_pipeline.generate import generate
-from n2w_pipeline.materialize import prepare_tables
 from n2w_pipeline.realtime.index import arrival_index_problem
 from n2w_pipeline.source_indexes import ship_time_index_name, ship_time_index_problem
-from n2w_pipeline_tests.helpers import hour_key, run_wide, sql_reference, wide_cells
+from n2w_pipeline_tests.helpers import (
+    hour_key,
+    reject_inserts_from,
+    run_wide,
+    sql_reference,
+    wide_cells,
+    wide_hours,
+)
 
 H0 = dt.datetime(2025, 3, 1)
 HOUR = dt.timedelta(hours=1)
@@ -65,20 +71,6 @@ def narrow_rows(conn: psycopg.Connection, s: Settings, ships: list[str]) -> int:
     return int(row[0]) if row else 0
 
 
-def wide_hours(conn: psycopg.Connection, s: Settings, catalog: ChannelCatalog,
-               ship: str) -> list[dict[dt.datetime, int]]:
-    """Rows per hour of each of the ship's wide tables ({} for a table never created)."""
-    out = []
-    for g in catalog.groups:
-        name = sql.Identifier(s.target_schema, s.table_name(ship, g.number))
-        if conn.execute("SELECT to_regclass(%s)", (name.as_string(conn),)).fetchone() == (None,):
-            out.append({})
-            continue
-        out.append(dict(conn.execute(sql.SQL(
-            "SELECT date_trunc('hour', created_time), count(*) FROM {} GROUP BY 1").format(name)).fetchall()))
-    return out
-
-
 def test_fleet_backfill_reads_every_ship_of_a_slice_at_once(fleet, conn):
     """`n2w backfill` of the fleet: one run of 8 ships × 3 hours, one read per hour for all
     eight; every table equals the SQL pivot, and the run read exactly the eight ships' rows
@@ -90,7 +82,7 @@ def test_fleet_backfill_reads_every_ship_of_a_slice_at_once(fleet, conn):
         assert_ship_equals_reference(conn, s, catalog, ship)
     read = next(iter(summaries[0]["assets"].values()))["narrow_rows_read"]
     assert read == narrow_rows(conn, s, list(s.ships)) > 0
-    assert wide_hours(conn, s, catalog, OTHER_SHIP) == [{}] * len(catalog.groups)
+    assert wide_hours(conn, s, catalog, OTHER_SHIP) == {g.number: {} for g in catalog.groups}
 
 
 def test_two_ship_ranges_and_an_hour_of_several_ships(fleet, conn):
@@ -104,7 +96,7 @@ def test_two_ship_ranges_and_an_hour_of_several_ships(fleet, conn):
     for ship in first + second:
         assert_ship_equals_reference(conn, s, catalog, ship)
     for ship in (ships[3], ships[4], ships[7]):
-        assert wide_hours(conn, s, catalog, ship) == [{}] * len(catalog.groups)
+        assert wide_hours(conn, s, catalog, ship) == {g.number: {} for g in catalog.groups}
 
     # what the UI's "Materialize all…" makes of a few hours of the fleet: runs of one hour
     # over a range of ships
@@ -119,20 +111,12 @@ def test_interrupted_fleet_backfill_resumes(fleet, conn):
     nothing, so running the backfill again redoes the block and every table is right."""
     s, catalog = fleet
     broken = s.ships[5]
-    with psycopg.connect(s.database_url, autocommit=True) as c:
-        prepare_tables(c, s, catalog.groups, [broken])
-        table = sql.Identifier(s.target_schema, s.table_name(broken, catalog.groups[1].number))
-        fn = sql.Identifier(s.target_schema, "n2w_test_reject")
-        c.execute(sql.SQL("CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS "
-                          "$$BEGIN RAISE EXCEPTION 'simulated failure'; END$$").format(fn))
-        c.execute(sql.SQL("CREATE TRIGGER reject BEFORE INSERT ON {} FOR EACH ROW "
-                          "WHEN (NEW.created_time >= {}) EXECUTE FUNCTION {}()").format(
-            table, sql.Literal(H0 + 2 * HOUR), fn))
+    table = reject_inserts_from(s, catalog, broken, catalog.groups[1], H0 + 2 * HOUR)
 
     with pytest.raises(Exception, match="simulated failure"):
         run_backfill(s, s.ships, H0, END, quiet=True, resume=True)
     for ship in s.ships:
-        per_table = wide_hours(conn, s, catalog, ship)
+        per_table = wide_hours(conn, s, catalog, ship).values()
         assert all(H0 + 2 * HOUR not in hours for hours in per_table), ship
         assert all(hours.get(H0) == 240 and hours.get(H0 + HOUR) == 240 for hours in per_table), ship
     with dg.DagsterInstance.get() as instance:

@@ -59,12 +59,19 @@ def ensure_arrival_index(conn: psycopg.Connection, settings: Settings) -> bool:
     """
     if arrival_index_problem(conn, settings) is None:
         return False
-    name = sql.Identifier(settings.source_schema, arrival_index_name(settings))
+    build_concurrently(conn, sql.Identifier(settings.source_schema, arrival_index_name(settings)),
+                       arrival_index_ddl(settings))
+    return True
+
+
+def build_concurrently(conn: psycopg.Connection, name: sql.Identifier, ddl: sql.Composable) -> None:
+    """Run ``ddl`` (a ``CREATE INDEX CONCURRENTLY`` of the index ``name``) on an autocommit
+    connection, first dropping an invalid leftover of an interrupted concurrent build (which
+    ``IF NOT EXISTS`` would otherwise keep). Shared by every narrow-table index n2w builds."""
     invalid = conn.execute(
         "SELECT 1 FROM pg_index WHERE indexrelid = to_regclass(%s) AND NOT indisvalid",
         (name.as_string(conn),),
     ).fetchone()
     if invalid:
         conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(name))
-    conn.execute(arrival_index_ddl(settings))
-    return True
+    conn.execute(ddl)
