@@ -21,7 +21,7 @@ from n2w_pipeline.defs.wide_assets import wide_asset_key
 from n2w_pipeline.extract import copy_extract_query
 from n2w_pipeline.generate import generate
 from n2w_pipeline.realtime.index import arrival_index_problem
-from n2w_pipeline.source_indexes import ship_time_index_name, ship_time_index_problem
+from n2w_pipeline.source_indexes import ensure_ship_time_index, ship_time_index_name, ship_time_index_problem
 from n2w_pipeline_tests.helpers import (
     hour_key,
     reject_inserts_from,
@@ -157,3 +157,23 @@ def test_prepare_builds_the_indexes_once_and_the_read_uses_them(fleet, conn, mon
                      (s.ships[2], H0.isoformat(), END.isoformat()))
         (plan,) = conn.execute("EXPLAIN (FORMAT JSON) " + copy_extract_query(s)).fetchone()
     assert ship_time_index_name(s) in str(plan), plan
+
+
+def test_an_invalid_leftover_of_an_interrupted_build_is_rebuilt(fleet, conn):
+    """A concurrent build that failed leaves an invalid index under the name n2w uses, which
+    `CREATE INDEX … IF NOT EXISTS` would keep: it is dropped and built again."""
+    s, _ = fleet
+    name = sql.Identifier(s.source_schema, ship_time_index_name(s))
+    with pytest.raises(psycopg.errors.InvalidTextRepresentation):  # 'IMO…'::int fails mid-build
+        conn.execute(sql.SQL("CREATE INDEX CONCURRENTLY {} ON {} (({}::int))").format(
+            sql.Identifier(ship_time_index_name(s)), sql.Identifier(*s.source_qualified),
+            sql.Identifier(s.columns.ship_id)))
+
+    def valid() -> bool | None:
+        row = conn.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)",
+                           (name.as_string(conn),)).fetchone()
+        return None if row is None else row[0]
+
+    assert valid() is False and ship_time_index_problem(conn, s) is not None
+    assert ensure_ship_time_index(conn, s)
+    assert valid() is True and ship_time_index_problem(conn, s) is None
