@@ -3,8 +3,10 @@ process that n2w starts must see."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import tempfile
 from pathlib import Path
 
 from n2w_pipeline.config import Settings
@@ -57,14 +59,22 @@ def dagster_env(settings: Settings) -> dict[str, str]:
 def write_instance_yaml(settings: Settings, dest: Path) -> None:
     """The project's dagster.yaml with the tick retention of ``N2W_INSTANCE_RETENTION_DAYS``
     (Dagster reads ``purge_after_days`` as a plain number, not from the environment);
-    written only when it changes, so a running daemon never reads a half-written file."""
+    written only when it changes, so a running daemon never reads a half-written file, through
+    a temporary file of this writer's own: processes starting together (`n2w worker` twice, a
+    daemon and a run) each rename a whole file into place."""
     days = settings.instance_retention_days
     text = re.sub(r"(purge_after_days:) *-?\d+", rf"\g<1> {days if days else -1}",
                   project_file("dagster.yaml").read_text())
     if not dest.exists() or dest.read_text() != text:
-        tmp = dest.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(dest)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.replace(tmp, dest)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
 
 def apply_dagster_env(settings: Settings) -> dict[str, str]:

@@ -76,3 +76,24 @@ def test_instance_yaml_carries_the_tick_retention(tmp_path: Path):
     assert text.count("purge_after_days: 9") == 3 and "n2w_pipeline.logs.RunLogFiles" in text
     write_instance_yaml(Settings.from_env({"N2W_INSTANCE_RETENTION_DAYS": "off"}), dest)
     assert dest.read_text().count("purge_after_days: -1") == 3
+
+
+def _write_instance_yamls(dest: str, rounds: int) -> None:
+    for i in range(rounds):
+        write_instance_yaml(Settings(instance_retention_days=1 + i % 2), Path(dest))
+
+
+def test_processes_starting_together_each_write_the_instance_yaml_whole(tmp_path: Path):
+    """`n2w worker` twice, or a daemon and a run, starting at once: every process writes
+    dagster.yaml (through a temporary file of its own) and none fails; the file is whole."""
+    dest = tmp_path / "dagster_home" / "dagster.yaml"
+    dest.parent.mkdir()
+    procs = [mp.Process(target=_write_instance_yamls, args=(str(dest), 40)) for _ in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * len(procs)
+    text = dest.read_text()
+    assert text.count("purge_after_days: 1") == 3 or text.count("purge_after_days: 2") == 3
+    assert [p.name for p in dest.parent.iterdir()] == ["dagster.yaml"]  # no temporary file left
