@@ -14,7 +14,6 @@ import contextlib
 import datetime as dt
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,13 +28,13 @@ import pytest
 from n2w_pipeline.channels import load_catalog
 from n2w_pipeline.config import Settings
 from n2w_pipeline.database import _embedded_server, embedded_url
-from n2w_pipeline.defs.realtime import SENSOR_NAME
 from n2w_pipeline.generate import create_source_indexes, create_source_table, generate
 from n2w_pipeline.instance import dagster_env
 from n2w_pipeline.logs import log_file
 from n2w_pipeline.realtime.index import ensure_arrival_index
 from n2w_pipeline.write import lock_hours
 from n2w_pipeline_tests.conftest import REPO
+from n2w_pipeline_tests.daemon import insert_minute, sensor_ticked, start_daemon, stop, wait
 from n2w_pipeline_tests.helpers import sql_reference, wide_cells
 
 DOWN_SECONDS = float(os.environ.get("N2W_TEST_RESTART_DOWN_SECONDS", "8"))
@@ -84,15 +83,6 @@ def _settings(srv: Server, tmp_path: Path) -> Settings:
                     channel_lists_dir=REPO / "channel_lists", migration_dir=tmp_path / "migration_data")
 
 
-def _wait(what: str, check, timeout: float = 240.0) -> float:  # noqa: ANN001
-    t0 = time.monotonic()
-    while not check():
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-    return time.monotonic()
-
-
 def _exact(conn: psycopg.Connection, settings: Settings, catalog, ship: str, start, end) -> bool:  # noqa: ANN001
     """Every group's wide table equals the SQL pivot (False while a table is not created yet)."""
     try:
@@ -124,7 +114,7 @@ def test_server_restart_in_the_middle_of_a_backfill(server, tmp_path):
          "--end", "2025-03-01T06:00", "--quiet"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
     try:
-        _wait("the backfill to reach the held hour",
+        wait("the backfill to reach the held hour",
               lambda: server.waiting_for_lock() or proc.poll() is not None)
         assert proc.poll() is None, proc.communicate()
         back = server.restart(DOWN_SECONDS)
@@ -145,41 +135,6 @@ def test_server_restart_in_the_middle_of_a_backfill(server, tmp_path):
     assert "1 run(s)" in out
 
 
-def _daemon(env: dict[str, str], log: Path) -> subprocess.Popen:
-    exe = Path(sys.executable).parent / "dagster-daemon"
-    return subprocess.Popen([str(exe), "run", "-w", str(REPO / "workspace.yaml")], env=env, cwd=REPO,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def _sensor_ticked(dagster_url: str) -> bool:
-    with contextlib.suppress(psycopg.Error), psycopg.connect(
-            dagster_url.replace("postgresql+psycopg2://", "postgresql://"), autocommit=True) as c:
-        row = c.execute("SELECT count(*) FROM job_ticks WHERE type = 'SENSOR' AND status <> 'STARTED' "
-                        "AND tick_body LIKE %s", (f'%"{SENSOR_NAME}"%',)).fetchone()
-        return bool(row and row[0])
-    return False
-
-
-def _insert_minute(conn: psycopg.Connection, settings: Settings, ship: str, minute: dt.datetime,
-                   chans: list[str]) -> None:
-    conn.execute(
-        "INSERT INTO tenant.tbl_data_timeseries (ship_id, data_channel_id, created_time, double_v, "
-        "value_format) SELECT %s, c, t, random() * 100, 'Decimal' FROM unnest(%s::text[]) c "
-        "CROSS JOIN generate_series(%s::timestamp, %s::timestamp + interval '45 s', interval '15 s') t",
-        (ship, chans, minute, minute))
-
-
 def test_server_restart_in_the_middle_of_a_realtime_run(server, tmp_path):
     settings = replace(_settings(server, tmp_path), realtime_interval_seconds=1)
     catalog = load_catalog(settings.channel_lists_dir)
@@ -195,27 +150,27 @@ def test_server_restart_in_the_middle_of_a_realtime_run(server, tmp_path):
            "N2W_MIGRATION_DIR": str(tmp_path / "migration_data"), "PYTHONUNBUFFERED": "1"}
     env.pop("N2W_SOURCE_URL", None)
     log = tmp_path / "daemon.log"
-    daemon = _daemon(env, log)
+    daemon = start_daemon(env, log)
     holder = psycopg.connect(server.url)
     try:
-        _wait("the realtime sensor's first tick", lambda: _sensor_ticked(env["N2W_DAGSTER_PG_URL"]))
+        wait("the realtime sensor's first tick", lambda: sensor_ticked(env["N2W_DAGSTER_PG_URL"]))
         lock_hours(holder, SHIPS[0], H0, H0 + HOUR)  # the realtime run will wait inside its slice
         with psycopg.connect(server.url, autocommit=True) as conn:
             for ship in SHIPS:
-                _insert_minute(conn, settings, ship, H0 + dt.timedelta(minutes=7), chans)
-        _wait("the realtime run to reach the held hour", server.waiting_for_lock)
+                insert_minute(conn, settings, ship, H0 + dt.timedelta(minutes=7), chans)
+        wait("the realtime run to reach the held hour", server.waiting_for_lock)
         back = server.restart(DOWN_SECONDS)
         with psycopg.connect(server.url, autocommit=True) as conn:  # rows keep arriving after it
-            _insert_minute(conn, settings, SHIPS[1], H0 + dt.timedelta(minutes=8), chans)
+            insert_minute(conn, settings, SHIPS[1], H0 + dt.timedelta(minutes=8), chans)
 
             def complete() -> bool:
                 return all(_exact(conn, settings, catalog, s, H0, H0 + HOUR) for s in SHIPS)
 
-            done = _wait("every row in the wide tables", complete)
+            done = wait("every row in the wide tables", complete)
         assert daemon.poll() is None, log.read_text()[-3000:]  # the daemon lived through it
     finally:
         with contextlib.suppress(Exception):
             holder.close()
-        _stop(daemon)
+        stop(daemon)
     print(f"server down {DOWN_SECONDS:.0f} s mid-realtime run: every row readable {done - back:.1f} s "
           "after it was back")
