@@ -195,6 +195,9 @@ class Settings:
     """N2W_BACKFILL_SHIPS_PER_RUN: ships per `n2w backfill` run: blocks of up to 8 neighbouring
     ships × hours whose slices read all their ships at once (one scan of a fleet table's hours,
     on any server and index); 1: a run per ship and range, as the UI cuts a backfill."""
+    backfill_nice: int = 10
+    """N2W_BACKFILL_NICE: niceness of backfill processes (0-19; 0 leaves it), so that realtime runs
+    on the same machine get the CPU first (``priority.py``)."""
     realtime: bool = True
     """N2W_REALTIME: 1/0 — the realtime sensor's default status (RUNNING or STOPPED)."""
     realtime_cursor: str = "id"
@@ -334,6 +337,10 @@ class Settings:
                 kw[name] = _int(f"N2W_{name.upper()}", v)
                 if kw[name] < 1:
                     raise SettingError(f"N2W_{name.upper()} must be >= 1, got {v}")
+        if (v := get("BACKFILL_NICE")) is not None:
+            kw["backfill_nice"] = _int("N2W_BACKFILL_NICE", v)
+            if not 0 <= kw["backfill_nice"] <= 19:
+                raise SettingError(f"N2W_BACKFILL_NICE must be 0..19, got {v}")
         if (v := get("CHECKS_IN_RUNS")) is not None:
             kw["checks_in_runs"] = v.strip().lower() not in ("0", "false", "no", "off")
         for name in ("check_min_fill_pct", "check_min_coverage_pct"):

@@ -14,6 +14,7 @@ from n2w_pipeline.commands._common import (
     run_backfill,
 )
 from n2w_pipeline.config import Settings
+from n2w_pipeline.priority import lower_priority
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     if args.parallel is not None and args.parallel < 1:
         raise SystemExit("n2w backfill: --parallel must be >= 1")
     require_narrow_table(settings, "backfill")
+    if settings.executor != "celery":  # under Celery the work runs in `n2w worker` processes
+        lower_priority(settings.backfill_nice)  # realtime runs on this machine go first
     t0 = time.perf_counter()
     try:
         summaries = run_backfill(settings, ships, start, end, quiet=args.quiet,

@@ -20,6 +20,7 @@ from n2w_pipeline.instance import DB_POOL
 from n2w_pipeline.lanes import PIPELINE_LANES, LanePool
 from n2w_pipeline.materialize import WindowStats, materialize_window
 from n2w_pipeline.pivot import ChannelCodes
+from n2w_pipeline.priority import lower_priority
 from n2w_pipeline.retries import with_retries
 
 WIDE_GROUP = "wide_tables"
@@ -238,6 +239,11 @@ def build_wide_assets(settings: Settings, catalog: ChannelCatalog) -> dg.AssetsD
         if not groups:  # checks only (the Checks tab's Execute): evaluate them, write nothing
             yield from recheck_results(context, url, settings, catalog, partitions, source_url=source)
             return
+        if context.run.tags.get("dagster/backfill") and settings.executor != "celery":
+            # this process ends with the run (a Celery worker would keep it for later tasks)
+            nice = lower_priority(settings.backfill_nice)
+            if nice is not None:
+                context.log.info(f"backfill run: CPU niceness {nice} (N2W_BACKFILL_NICE): realtime first")
         windows = ship_windows(partitions, context.partition_keys)
         hours = sum(int((e - s).total_seconds() // 3600) for _, s, e in windows)
         context.log.info(
