@@ -47,6 +47,7 @@ from n2w_pipeline.lanes import PIPELINE_LANES, Lane, LanePool
 from n2w_pipeline.pivot import ChannelCodes, WideBlock, pivot_coded, resolve_values
 from n2w_pipeline.retries import with_retries
 from n2w_pipeline.write import (
+    UNKNOWN_GROUP,
     VALUE_ISSUES,
     WriteResult,
     correction_columns,
@@ -58,8 +59,6 @@ from n2w_pipeline.write import (
 
 FLEET_SLICE_SHIPS = 8
 """At most this many ships (or ``slice_hours``, if more) are read in one slice."""
-
-UNKNOWN_GROUP = 0
 
 
 @dataclass

@@ -38,6 +38,8 @@ COLUMN_MAP = "n2w_column_map"
 CORRECTION_FILES = "n2w_correction_files"
 CORRECTIONS_SUFFIX = "_corr"
 VALUE_ISSUES = "n2w_value_issues"
+UNKNOWN_GROUP = 0
+"""``group_number`` of a value-issues row for a channel in no list (reason ``unknown_channel``)."""
 
 
 def _ident(schema: str, name: str) -> sql.Identifier:

@@ -30,11 +30,10 @@ from n2w_pipeline import value_rule
 from n2w_pipeline.channels import TIME_COLUMN, ChannelGroup
 from n2w_pipeline.config import Settings
 from n2w_pipeline.hours import floor_hour
-from n2w_pipeline.write import VALUE_ISSUES, correction_columns, existing_columns
+from n2w_pipeline.write import UNKNOWN_GROUP, VALUE_ISSUES, correction_columns, existing_columns
 
 NULL_REASONS = ("null_value", "unknown_format", "unparsable", "non_finite")
 UNKNOWN_REASON = "unknown_channel"
-UNKNOWN_GROUP = 0
 
 Window = tuple[str, dt.datetime, dt.datetime]
 """(ship, start, end): the hours [start, end) of one ship."""
