@@ -7,7 +7,9 @@ work: 2.2 s of a realtime row's delay on an idle machine, 6.3 s beside a ship-we
 keeps ``spares`` workers (``python -m n2w_pipeline.warm_worker``) that have already done all
 that, and hands each run tagged ``warm_tag`` (the realtime sensor's runs) to one of them; a new
 spare then starts in the background, off the rows' path. Every other run, and a realtime run
-when no spare is ready, is launched by ``DefaultRunLauncher`` as usual.
+when no spare is ready, is launched by ``DefaultRunLauncher`` as usual. The spares are started
+when this process launches its first run (in the daemon: the day products' first ticks at
+start-up request runs), so usually before the first realtime run.
 
 Configured in ``dagster.yaml`` (``run_launcher``). A worker runs its run exactly as ``dagster api
 execute_run`` does; this process watches it like Dagster's code server watches its run
@@ -94,7 +96,7 @@ class WarmRunLauncher(DefaultRunLauncher):
         warm = self.spares > 0 and self.warm_tag in run.tags
         if not warm or not self._launch_warm(run):
             super().launch_run(context)
-        if warm:
+        if self.spares:  # the first run this process launches (the daemon's start-up runs) starts them
             self._fill()
 
     def _launch_warm(self, run) -> bool:  # noqa: ANN001 (DagsterRun)
