@@ -217,6 +217,7 @@ class NarrowReader:
         if len(channels) >= (1 << CODE_BITS) - 1:
             raise ValueError(f"{len(channels)} listed channels: a read packs at most {(1 << CODE_BITS) - 2}")
         self._conn = adbc.connect(url)
+        self.backend_pid = 0
         try:
             native, self.ship_indexed = self._probe(settings)
             self._query = copy_extract_query(settings, native, self.ship_indexed)
@@ -233,10 +234,10 @@ class NarrowReader:
 
         cur = self._conn.cursor()
         try:
-            cur.execute("SELECT current_setting('server_version_num')::int")
+            cur.execute("SELECT current_setting('server_version_num')::int, pg_backend_pid()")
             row = cur.fetchone()
             assert row is not None
-            version = int(row[0])
+            version, self.backend_pid = int(row[0]), int(row[1])
             native = value_rule.install(cur.execute, version)
             if version >= SKIP_SCAN_VERSION:
                 return native, True

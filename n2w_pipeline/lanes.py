@@ -12,9 +12,11 @@ import contextlib
 from collections.abc import Sequence
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from n2w_pipeline.config import Settings
 from n2w_pipeline.extract import NarrowReader
+from n2w_pipeline.priority import match_server_process
 
 PIPELINE_LANES = 2
 """Slices in flight per window (one extracting while the other pivots and writes). This default,
@@ -37,8 +39,10 @@ class Lane:
         url, source_url, settings, channels = self.args
         if self.conn is None or self.conn.closed:
             self.conn = psycopg.connect(url)
+            match_server_process(self.conn.info.backend_pid, self.conn.info.host)  # a backfill's: nicer
         if self.reader is None:
             self.reader = NarrowReader(source_url, settings, channels)
+            match_server_process(self.reader.backend_pid, conninfo_to_dict(source_url).get("host"))
         return self.conn, self.reader
 
     def drop(self) -> None:

@@ -39,3 +39,36 @@ def test_the_setting_is_checked():
     assert Settings.from_env({}).backfill_nice == 10
     with pytest.raises(SettingError, match="N2W_BACKFILL_NICE must be 0..19, got 25"):
         Settings.from_env({"N2W_BACKFILL_NICE": "25"})
+
+
+LANE = """
+import sys
+from n2w_pipeline.config import Settings
+from n2w_pipeline.lanes import Lane
+from n2w_pipeline.priority import lower_priority
+lower_priority({nice})
+conn, reader = Lane({url!r}, {url!r}, Settings(), ["a", "b"]).open()
+print(conn.info.backend_pid, reader.backend_pid, flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.parametrize("nice", [6, 0])
+def test_a_backfills_server_processes_follow_it_on_a_local_server(pg_url, nice):
+    """A lane's writer and reader backends take the niceness of the process that opened them
+    (a backfill's), when the server is reached through a unix socket; a nice-0 process leaves
+    them alone."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    if not str(conninfo_to_dict(pg_url).get("host", "")).startswith("/"):
+        pytest.skip("the test server is not on a unix socket of this machine")
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    proc = subprocess.Popen([sys.executable, "-c", LANE.format(nice=nice, url=pg_url)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 2
+        want = max(base, nice)  # the backends follow the process, whatever lowered it
+        assert [os.getpriority(os.PRIO_PROCESS, p) for p in pids] == [want, want]
+    finally:
+        proc.communicate("\n", timeout=30)
