@@ -301,6 +301,7 @@ def n2w_run(start: dt.datetime, end: dt.datetime, parallel: int = 1, checks: boo
 
 def child(text: str) -> None:
     from n2w_pipeline.commands._common import run_backfill
+    from n2w_pipeline.priority import lower_priority
 
     spec = json.loads(text)
     ships = tuple(spec["ships"])
@@ -309,6 +310,7 @@ def child(text: str) -> None:
     if spec.get("ships_per_run"):
         settings = replace(settings, backfill_ships_per_run=spec["ships_per_run"])
     start, end = dt.datetime.fromisoformat(spec["start"]), dt.datetime.fromisoformat(spec["end"])
+    lower_priority(settings.backfill_nice)  # as `n2w backfill` does (alone on the machine: no effect)
     t0 = time.perf_counter()
     summaries = run_backfill(settings, list(ships), start, end, quiet=True, parallel=spec["parallel"])
     seconds = time.perf_counter() - t0
