@@ -1,20 +1,24 @@
-"""Read one (ship, time window) of the narrow table as an Arrow-backed Polars frame.
+"""Read one (ship, time window) of the narrow table as a Polars frame.
 
-Extraction is the pipeline's bottleneck, so rows never pass through Python tuples:
-ADBC's PostgreSQL driver streams ``COPY … TO STDOUT (FORMAT binary)`` straight into
-Arrow. The server evaluates the whole value rule (``value_rule``), so a row arrives as
-three fixed-width columns (time, code, value) plus a channel id that only rows of
-channels in no list carry: measured on a 6-hour slice, ~40 % less client CPU than
-sending the value columns and strings to parse in the client, for the same server time.
+Extraction is the pipeline's bottleneck, so rows never pass through Python tuples. The
+server evaluates the whole value rule (``value_rule``), so a row is three fixed-width
+values (time, code, value) plus a channel id that only rows of channels in no list carry.
 
-Binding and COPY. ADBC only takes its COPY path for a query *without* parameters; a
-query with bound parameters goes through a prepared statement whose whole result is
-buffered by libpq and converted afterwards (measured ~25–40 % slower, and it holds the
-slice twice in memory). Inlining the values as literals would get COPY back but break
-the rule that values are always bound. So the window is bound as parameters of a
-``SELECT set_config(…, true)`` in the read's own transaction, and the COPY query reads
-it back with ``current_setting(…)`` (stable expressions, so the created_time index is
-still used). Same speed as literals, values still bound.
+Arrays, not rows. A slice's rows come back as one result row of four arrays
+(``arrays_query``: ``array_agg`` of times, codes, values, and the ids of channels in no
+list) in binary, which NumPy reads in one pass each (``copy_binary.decode_array``). Until
+2026-12-03 the rows came one by one through ``COPY … TO STDOUT (FORMAT binary)`` into
+Arrow (ADBC): the client's CPU went into libpq's one message per row and the Arrow
+builders, ~0.4-0.6 s for a 6-hour slice (1.44M rows), competing with the server for the
+same two cores; the arrays cost the client 0.03 s for the same slice and the server about
+the same CPU (its ``array_agg`` instead of a COPY message per row: 0.92 against 0.90 CPU-s).
+An array holds at most 1 GB: ~89M rows per slice, far above any sensible
+``N2W_SLICE_HOURS`` (a ship-week is ~41M rows).
+
+Binding. The window is bound as parameters of a ``SELECT set_config(…, true)`` in the
+read's own transaction, and the query reads it back with ``current_setting(…)`` (an
+InitPlan: evaluated once, and the created_time index is still used); this came with the
+COPY path, which takes no parameters, and keeps the plan below. Values are always bound.
 
 The plan. The planner cannot see the window (its values come from ``current_setting``),
 guesses a few thousand rows and walks the ``created_time`` index in index order: on a
@@ -31,6 +35,14 @@ A fleet read (below) goes through ``created_time``: 8 ships × 6 hours through t
 pipeline took 23–29 s with the table out of the page cache against 27–51 s in index
 order, and the same in memory (12.6 against 12.2 s).
 
+Serial reads. The server plans a slice's read in parallel (a Gather of two workers and
+the leader; COPY of a query may use parallel workers): one read alone finishes ~13 % sooner,
+but the tuple queues between workers and leader cost ~30 % more server CPU per row
+(measured on a 6-hour slice, 2026-12-03: 0.92 against 0.69 CPU-s). A run already keeps two
+slices in flight (``lanes``) on a machine whose cores the client shares, so a pipeline's
+read turns parallel workers off for its own transaction (``SET LOCAL``). ``discard``, the
+benchmarks' extraction ceiling, keeps the server's default plan.
+
 Channel codes. The reader sets the listed channel ids once per connection, as a JSON
 array in the session setting ``n2w.channels`` (bound, like the window); the server
 expands it into a channel → code relation (the array position) and joins it. Nothing is
@@ -45,21 +57,26 @@ a time slice for every ship a run covers visits each page of those hours once, w
 read per ship finds its rows among every ship's (see ``source_indexes``). The ship comes
 packed into the same ``code`` field, as its position in the run's ship list:
 ``(ship * 2**16 + code) * 4 + status``, with code 0xFFFF for a channel in no list, so a
-row still arrives as three fixed-width fields.
+row still arrives as three fixed-width fields. In the arrays every code is doubled, plus
+one where the value is NULL (the values array has no NULL elements, NaN stands for them),
+and -1 stands for a NULL code (a channel in no list, one-ship read).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
-import warnings
 from collections.abc import Sequence
 
+import numpy as np
 import polars as pl
+import psycopg
 from psycopg import sql
 
 from n2w_pipeline import value_rule
 from n2w_pipeline.config import Settings
+from n2w_pipeline.copy_binary import decode_array, decode_text_array
 
 CODED_SCHEMA = {
     "created_time": pl.Datetime("us"),
@@ -72,20 +89,21 @@ CODED_SCHEMA = {
 STATUS_BITS = 2
 CODE_BITS = 16
 """Bits of the channel code in a fleet read's packed field (0xFFFF: channel in no list)."""
-MAX_FLEET_SHIPS = (1 << (31 - CODE_BITS - STATUS_BITS)) - 1
-_CHANNELS_SQL = "SELECT set_config('n2w.channels', $1, false)"
+MAX_FLEET_SHIPS = (1 << (31 - CODE_BITS - STATUS_BITS - 1)) - 1  # the arrays' NULL flag takes a bit
+_CHANNELS_SQL = "SELECT set_config('n2w.channels', %s, false)"
 _CODES = (
     "(SELECT u.c AS channel, (u.o - 1)::int AS code FROM jsonb_array_elements_text("
     "(SELECT current_setting('n2w.channels'))::jsonb) WITH ORDINALITY AS u(c, o))"
 )
 _WINDOW_SQL = (  # is_local = true: for the read's transaction only (SET LOCAL)
-    "SELECT set_config('n2w.ship', $1, true), set_config('n2w.start', $2, true), "
-    "set_config('n2w.end', $3, true), set_config('enable_indexscan', 'off', true)"
+    "SELECT set_config('n2w.ship', %s, true), set_config('n2w.start', %s, true), "
+    "set_config('n2w.end', %s, true), set_config('enable_indexscan', 'off', true)"
 )
 _FLEET_WINDOW_SQL = (
-    "SELECT set_config('n2w.ships', $1, true), set_config('n2w.start', $2, true), "
-    "set_config('n2w.end', $3, true), set_config('enable_indexscan', 'off', true)"
+    "SELECT set_config('n2w.ships', %s, true), set_config('n2w.start', %s, true), "
+    "set_config('n2w.end', %s, true), set_config('enable_indexscan', 'off', true)"
 )
+_SERIAL_SQL = "SELECT set_config('max_parallel_workers_per_gather', '0', true)"  # see NarrowReader._run
 _SHIP = "(SELECT current_setting('n2w.ship'))"  # an InitPlan: evaluated once, not per row
 _SHIPS = "(SELECT current_setting('n2w.ships')::text[])"  # the run's ships, parsed once
 _START = "(SELECT current_setting('n2w.start')::timestamp)"
@@ -161,9 +179,51 @@ WHERE n.{ct} >= {p_start} AND n.{ct} < {p_end}"""
     ).as_string(None)
 
 
+def arrays_query(query: str) -> str:
+    """``query``'s rows (``copy_extract_query`` or ``copy_fleet_query``) as one row of four
+    arrays without NULL elements: times, codes (doubled, plus one for a NULL value; -1 for a
+    NULL code), values (NaN for NULL) and the channel ids rows carry (``frame_of_arrays``)."""
+    return (
+        "SELECT array_agg(created_time), array_agg(coalesce(code * 2 + (num IS NULL)::int, -1)), "
+        "array_agg(coalesce(num, 'NaN')), array_agg(channel) FILTER (WHERE channel IS NOT NULL) "
+        f"FROM ({query}) x"
+    )
+
+
+def frame_of_arrays(values: Sequence[bytes | None], fleet: bool = False) -> pl.DataFrame:
+    """The binary result row of ``arrays_query`` as the rows' frame: created_time, code
+    (packed as in the row query, NULL for a channel in no list), channel, num. The channel
+    ids belong, in order, to the rows of channels in no list (code -1; in a ``fleet`` read,
+    code 0xFFFF)."""
+    times, packed, nums = (decode_array(v) for v in values[:3])
+    channels = decode_text_array(values[3])
+    if not times.size == packed.size == nums.size:
+        raise ValueError("the read's arrays differ in length")
+    null_code = packed == -1
+    codes = packed >> 1
+    mask = (1 << CODE_BITS) - 1
+    unknown = ((codes >> STATUS_BITS) & mask) == mask if fleet else null_code
+    at = np.flatnonzero(unknown)
+    if at.size != len(channels):
+        raise ValueError(f"{len(channels)} channel ids for {at.size} rows of channels in no list")
+    channel = pl.repeat(None, times.size, dtype=pl.String, eager=True)
+    if at.size:
+        channel = channel.scatter(at, pl.Series(channels, dtype=pl.String))
+    code = pl.Series(codes.astype(np.int32), dtype=pl.Int32)
+    num = pl.Series(nums, dtype=pl.Float64)
+    if null_code.any():
+        code = code.scatter(np.flatnonzero(null_code), None)
+    null_num = (packed & 1).astype(bool) & ~null_code
+    if null_num.any():
+        num = num.scatter(np.flatnonzero(null_num), None)
+    return pl.DataFrame({"created_time": pl.Series(times, dtype=pl.Int64).cast(pl.Datetime("us")),
+                         "code": code, "channel": channel.alias("channel"), "num": num})
+
+
 def decode(table: object) -> pl.DataFrame:
-    """An extracted Arrow table (or frame) as CODED_SCHEMA: ``code`` split into code, status."""
-    frame = pl.from_arrow(table)  # type: ignore[arg-type]
+    """An extracted frame (``frame_of_arrays``) or Arrow table as CODED_SCHEMA: ``code``
+    split into code, status."""
+    frame = table if isinstance(table, pl.DataFrame) else pl.from_arrow(table)  # type: ignore[arg-type]
     assert isinstance(frame, pl.DataFrame)
     if frame.height == 0:
         return pl.DataFrame(schema=CODED_SCHEMA)
@@ -180,7 +240,7 @@ def decode(table: object) -> pl.DataFrame:
 def decode_fleet(table: object) -> pl.DataFrame:
     """A fleet read (``copy_fleet_query``) as CODED_SCHEMA plus ``ship``, the ship's
     position in the read's ship list."""
-    frame = pl.from_arrow(table)  # type: ignore[arg-type]
+    frame = table if isinstance(table, pl.DataFrame) else pl.from_arrow(table)  # type: ignore[arg-type]
     assert isinstance(frame, pl.DataFrame)
     if frame.height == 0:
         return pl.DataFrame(schema={"ship": pl.Int16, **CODED_SCHEMA})
@@ -203,26 +263,23 @@ def _text_array(items: Sequence[str]) -> str:
 
 
 class NarrowReader:
-    """An ADBC connection that reads narrow slices; use as a context manager.
+    """A connection that reads narrow slices; use as a context manager.
 
     ``channels`` (every listed channel id, in code order) is set once on the connection
     (``n2w.channels``); ``read`` returns rows with their positions as codes.
     """
 
     def __init__(self, url: str, settings: Settings, channels: Sequence[str]) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import adbc_driver_postgresql.dbapi as adbc
-
         if len(channels) >= (1 << CODE_BITS) - 1:
             raise ValueError(f"{len(channels)} listed channels: a read packs at most {(1 << CODE_BITS) - 2}")
-        self._conn = adbc.connect(url)
-        self.backend_pid = 0
+        self._conn = psycopg.connect(url)
+        self.backend_pid = self._conn.info.backend_pid  # lanes.py renices a backfill's server process
         try:
             native, self.ship_indexed = self._probe(settings)
             self._query = copy_extract_query(settings, native, self.ship_indexed)
             self._fleet_query = copy_fleet_query(settings, native)
-            self._load_codes(channels)
+            self._conn.execute(_CHANNELS_SQL, (json.dumps(list(channels)),))
+            self._conn.commit()
         except BaseException:
             self._conn.close()
             raise
@@ -232,63 +289,60 @@ class NarrowReader:
         one-ship read has an index of its own (``source_indexes.one_ship_read_problem``)."""
         from n2w_pipeline.source_indexes import SKIP_SCAN_VERSION, ship_time_index_query, ship_time_params
 
-        cur = self._conn.cursor()
-        try:
-            cur.execute("SELECT current_setting('server_version_num')::int, pg_backend_pid()")
-            row = cur.fetchone()
-            assert row is not None
-            version, self.backend_pid = int(row[0]), int(row[1])
-            native = value_rule.install(cur.execute, version)
-            if version >= SKIP_SCAN_VERSION:
-                return native, True
-            cur.execute(ship_time_index_query(("$1", "$2", "$3")), ship_time_params(settings))
-            found = cur.fetchone()
-            return native, bool(found and found[0])
-        finally:
-            cur.close()
-
-    def _load_codes(self, channels: Sequence[str]) -> None:
-        cur = self._conn.cursor()
-        try:
-            cur.execute(_CHANNELS_SQL, (json.dumps(list(channels)),))
-            cur.fetchall()
-        finally:
-            cur.close()
-        self._conn.commit()
+        row = self._conn.execute("SELECT current_setting('server_version_num')::int").fetchone()
+        assert row is not None
+        version = int(row[0])
+        native = value_rule.install(self._conn.execute, version)
+        if version >= SKIP_SCAN_VERSION:
+            return native, True
+        found = self._conn.execute(ship_time_index_query(), ship_time_params(settings)).fetchone()
+        return native, bool(found and found[0])
 
     def read(self, ship: str, start: dt.datetime, end: dt.datetime) -> pl.DataFrame:
         """All narrow rows of ``ship`` with ``start <= created_time < end`` (CODED_SCHEMA)."""
-        return decode(self._run(ship, start, end, self._query, fetch=True))
+        return decode(frame_of_arrays(self._run(ship, start, end, arrays_query(self._query))))
 
     def read_fleet(self, ships: Sequence[str], start: dt.datetime, end: dt.datetime) -> pl.DataFrame:
         """All narrow rows of ``ships`` in the window, in one read; ``ship`` is the row's
         ship as its position in ``ships`` (CODED_SCHEMA plus ``ship``)."""
-        return decode_fleet(self._run(ships, start, end, self._fleet_query, fetch=True))
+        arrays = self._run(ships, start, end, arrays_query(self._fleet_query))
+        return decode_fleet(frame_of_arrays(arrays, fleet=True))
 
     def discard(self, ship: str | Sequence[str], start: dt.datetime, end: dt.datetime) -> None:
-        """The server's half of ``read`` (one ship) or ``read_fleet`` (a list) alone: the
-        same query ``COPY … TO '/dev/null'`` (superuser only). For measuring the
-        extraction ceiling."""
+        """The server's half of ``read`` (one ship) or ``read_fleet`` (a list) alone: its rows
+        ``COPY … TO '/dev/null'`` (superuser only), one message per row, in the server's
+        default plan (parallel workers allowed). For measuring the extraction ceiling."""
         query = self._query if isinstance(ship, str) else self._fleet_query
         self._run(ship, start, end, f"COPY ({query}) TO '/dev/null' (FORMAT binary)", fetch=False)
 
     def _run(self, ship: str | Sequence[str], start: dt.datetime, end: dt.datetime, statement: str,
-             fetch: bool) -> object:
+             fetch: bool = True) -> list[bytes | None]:
+        """``statement`` in a read transaction of its own for the window; with ``fetch`` its
+        first result row's values in binary (the arrays), in a serial plan."""
         if not isinstance(ship, str) and not 0 < len(ship) <= MAX_FLEET_SHIPS:
             raise ValueError(f"a fleet read takes 1 to {MAX_FLEET_SHIPS} ships, got {len(ship)}")
-        cur = self._conn.cursor()
+        conn = self._conn
         try:
             if isinstance(ship, str):
-                cur.execute(_WINDOW_SQL, (ship, start.isoformat(), end.isoformat()))
+                conn.execute(_WINDOW_SQL, (ship, start.isoformat(), end.isoformat()))
             else:  # the ships as a text array literal, bound as a value
-                cur.execute(_FLEET_WINDOW_SQL, (_text_array(ship), start.isoformat(), end.isoformat()))
-            cur.fetchall()
-            cur.execute(statement)
-            table = cur.fetch_arrow_table() if fetch else None
-        finally:
-            cur.close()
-        self._conn.commit()  # end the read transaction: the next slice gets a new snapshot
-        return table
+                conn.execute(_FLEET_WINDOW_SQL, (_text_array(ship), start.isoformat(), end.isoformat()))
+            values: list[bytes | None] = []
+            if fetch:  # a read of a pipeline: no parallel workers (the module docstring)
+                conn.execute(_SERIAL_SQL)
+                with conn.cursor(binary=True) as cur:
+                    cur.execute(statement)
+                    result = cur.pgresult
+                    assert result is not None and result.ntuples == 1
+                    values = [result.get_value(0, i) for i in range(result.nfields)]
+            else:
+                conn.execute(statement)
+            conn.commit()  # end the read transaction: the next slice gets a new snapshot
+        except BaseException:
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()
+            raise
+        return values
 
     def close(self) -> None:
         self._conn.close()
