@@ -154,7 +154,8 @@ def ceiling(url: str, settings: Settings, catalog: ChannelCatalog, superuser: bo
             day = nxt
         seconds = time.perf_counter() - t0
     return {"seconds": seconds,
-            "how": "COPY (extract) TO '/dev/null'" if superuser else "ADBC read, client parsing included"}
+            "how": ("COPY (extract) TO '/dev/null'" if superuser
+                    else "the reader's read, client parsing included")}
 
 
 def crosstab(url: str, settings: Settings, catalog: ChannelCatalog,
