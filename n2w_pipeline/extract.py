@@ -111,7 +111,7 @@ _END = "(SELECT current_setting('n2w.end')::timestamp)"
 
 
 def copy_extract_query(settings: Settings, native: bool = True, ship_indexed: bool = True) -> str:
-    """The slice query without parameters (ADBC's COPY path): the window comes from
+    """The slice query without parameters (``arrays_query`` wraps it): the window comes from
     ``current_setting('n2w.ship' | 'n2w.start' | 'n2w.end')`` and the channel codes from
     ``n2w.channels``, set by bound statements (``NarrowReader``); ``native``: see
     ``value_rule``. ``ship_indexed`` false (a server before PostgreSQL 18 without a

@@ -1,6 +1,6 @@
 """A run's lanes: the connections a window's slices are processed on.
 
-A lane is a writer connection on the data database and a reader (``NarrowReader``, ADBC) on
+A lane is a writer connection on the data database and a reader (``NarrowReader``) on
 the source; ``PIPELINE_LANES`` of them per window, one slice in flight on each (see
 ``materialize``). A ``LanePool`` keeps them open across a run's windows: opening a reader
 costs ~0.2 s, and a realtime run covers one hour of up to every ship.

@@ -12,11 +12,11 @@ those hours once, instead of once per ship. The slice is then split by ship and 
 ship's rows go through the same body as a one-ship slice, in the same transaction.
 
 Pipelining. A window is processed by ``PIPELINE_LANES`` lanes (threads), each with its
-own writer connection and its own ADBC reader. A lane opens its slice's transaction,
+own writer connection and its own reader (``NarrowReader``). A lane opens its slice's transaction,
 takes the slice's hour locks, then extracts; while it pivots and writes, the next lane
 extracts the next slice (extraction is the bottleneck, so two extractions may overlap
-too: measured 0.89M rows/s with one lane, 1.15-1.18M with two, on a ship-day). ADBC,
-psycopg, Polars and NumPy release the GIL in their heavy parts, so the client overlaps
+too: measured 0.89M rows/s with one lane, 1.15-1.18M with two, on a ship-day). psycopg,
+Polars and NumPy release the GIL in their heavy parts, so the client overlaps
 with the server and both cores work. Data connections per window: 2 x lanes (the readers
 on the source database, the writers on the data database); a run's windows can share them
 (``LanePool``). The locks are always taken
