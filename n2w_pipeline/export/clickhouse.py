@@ -57,6 +57,12 @@ COMPACT_PART_BYTES = 256 * 2**20
 """A ship-day insert (~656 Nullable columns) is written as a compact part (one data file)
 instead of a wide one (two files and two mark files per column, ~2,600 files); parts merged
 past 256 MB become wide, the layout analytic queries read column by column."""
+GRANULE_BYTES = 2**30
+"""Granules of ``index_granularity`` (8,192) rows whatever the row's width. ClickHouse's default
+(10 MB a granule, adaptive) cut a 655-column table (~5 kB a row) into granules of ~1,900 rows,
+so a query of a few columns read, filtered and aggregated 4x as many small blocks: the hourly
+average of 10 channels over a ship-week took 19.4 ms instead of 12.9 ms (chDB, 7 daily parts).
+Fixed when the table is created (ClickHouse cannot change it later)."""
 
 
 class ClickHouseError(RuntimeError):
@@ -271,7 +277,8 @@ def ensure_table(backend: Backend, group: ChannelGroup) -> tuple[bool, list[str]
             f"CREATE TABLE IF NOT EXISTS {table_name(backend, group)} ({', '.join(cols)}) "
             f"ENGINE = MergeTree PARTITION BY toYYYYMM({ident(TIME_COLUMN)}) "
             f"ORDER BY ({ident(SHIP_COLUMN)}, {ident(TIME_COLUMN)}) "
-            f"SETTINGS min_bytes_for_wide_part = {COMPACT_PART_BYTES}"
+            f"SETTINGS min_bytes_for_wide_part = {COMPACT_PART_BYTES}, "
+            f"index_granularity_bytes = {GRANULE_BYTES}"
         )
         return True, list(group.columns)
     present = set(have)
