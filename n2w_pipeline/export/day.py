@@ -11,11 +11,11 @@ full or missing export folder) are retried ``N2W_EXPORT_RETRIES`` times, waiting
 up to ``N2W_EXPORT_RETRY_SECONDS`` × 2^attempt (at most 60 s); then one ``ExportError`` line
 says what failed where. SQL errors and a ClickHouse that cannot work are not retried.
 
-``export_days`` exports several ship-days in order and overlaps them: while day d's files and
-stages are finished and then published (renamed, swapped in) in threads, day d+1 is read (day d's
-advisory lock is held until it is published). A day that fails there is retried on its own,
-like ``export_day``, with the attempts it has left; the results come out in order either way.
-The work of one attempt is ``export/attempt.py``.
+``export_days`` exports several ship-days in order and overlaps them: day d+1 is read while day
+d's files and stages are finished in their thread, then day d is published (its advisory lock is
+held until then). A day that fails there is retried on its own, like ``export_day``, with the
+attempts it has left; the results come out in order either way. The work of one attempt is
+``export/attempt.py``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import contextlib
 import datetime as dt
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import psycopg
@@ -148,46 +147,27 @@ def export_days(
     parquet_groups: Sequence[ChannelGroup], clickhouse_groups: Sequence[ChannelGroup],
     backend: ch.Backend | None, metadata: dict[str, str] | None = None, log=None,  # noqa: ANN001
 ) -> Iterator[DayResult]:
-    """``export_day`` for each (ship, day), in order. A day is read, then published in a thread
-    (``complete``: its files renamed, its ClickHouse stages swapped in, reconciled) while the next
-    day is read; its result is yielded once the next day is read."""
+    """``export_day`` for each (ship, day), in order, the next day read while this one finishes."""
     args = (url, settings)
     groups = (parquet_groups, clickhouse_groups, backend, metadata)
-    with ThreadPoolExecutor(1, thread_name_prefix="n2w-export-publish") as publisher:
-        pending: Future[DayResult] | None = None
-        for ship, day in days:
-            t0 = time.perf_counter()
-            attempt = DayAttempt(*args, ship, day, *groups)
-            try:
-                attempt.start()
-            except Exception as e:  # noqa: BLE001 - this day is retried on its own below
-                attempt.abort()
-                if pending is not None:
-                    yield pending.result()
-                    pending = None
-                yield _retried(*args, ship, day, *groups, log, t0, failed=e)
-                continue
-            this = publisher.submit(_completed, attempt, t0, log)
+    pending: tuple[DayAttempt, float] | None = None
+    for ship, day in days:
+        t0 = time.perf_counter()
+        attempt = DayAttempt(*args, ship, day, *groups)
+        try:
+            attempt.start()
+        except Exception as e:  # noqa: BLE001 - this day is retried on its own below
+            attempt.abort()
             if pending is not None:
-                try:
-                    done = pending.result()
-                except BaseException:
-                    _discard(this, attempt)
-                    raise
-                yield done
-            pending = this
+                yield _completed(*pending, log)
+                pending = None
+            yield _retried(*args, ship, day, *groups, log, t0, failed=e)
+            continue
         if pending is not None:
-            yield pending.result()
-
-
-def _discard(publishing: Future[DayResult], attempt: DayAttempt) -> None:
-    """The run stops (an earlier day failed for good): a day not yet published is aborted, one
-    being published is let finish (it is a complete day either way)."""
-    if publishing.cancel():
-        attempt.abort()
-    else:
-        with contextlib.suppress(Exception):
-            publishing.result()
+            yield _completed(*pending, log)
+        pending = attempt, t0
+    if pending is not None:
+        yield _completed(*pending, log)
 
 
 def _completed(attempt: DayAttempt, t0: float, log) -> DayResult:  # noqa: ANN001
