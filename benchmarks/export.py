@@ -16,9 +16,10 @@ measures, side by side:
 * ``polars.read_database(SELECT * …, psycopg connection).write_parquet(…)`` per group per day;
 * ``COPY (SELECT * …) TO STDOUT (FORMAT csv)`` into a file per group per day;
 * one analytic query, the hourly average of 10 channels over the week for the ship, on
-  ClickHouse (chDB, the table as the load left it) and on PostgreSQL (the wide table), each warm
-  and best of 7, with ClickHouse's per-query floor on that table (``SELECT count()``); then the
-  same over four weeks (the week copied three times, shifted, into both tables alike).
+  ClickHouse (chDB, the table as the load left it, then again once its background merges are
+  done) and on PostgreSQL (the wide table), each warm and best of 7, with ClickHouse's
+  per-query floor on that table (``SELECT count()``); then the same over four weeks (the week
+  copied three times, shifted, into both tables alike).
 
 CPU seconds per ship-day are given for the client process and, when the PostgreSQL server runs
 on this machine, for the server (its backends' CPU): on a shared machine they move less than
