@@ -64,7 +64,7 @@ def _kind(e: BaseException) -> str | None:
         return "as_is"
     if name == "DagsterPostgresException":
         return "instance_down"
-    if module.startswith(("psycopg", "adbc")):
+    if module.startswith("psycopg"):
         state = str(getattr(e, "sqlstate", None) or "")
         if state in MISSING_STATES or name in ("UndefinedTable", "InvalidSchemaName"):
             return "missing_table"

@@ -69,12 +69,12 @@ def is_transient(exc: BaseException) -> bool:
             if state in TRANSIENT_STATES or state.startswith("08"):
                 return True
             continue  # a server error with another SQLSTATE: a real one
-        if module.startswith(("psycopg", "adbc_driver", "sqlalchemy")) and name in (
+        if module.startswith(("psycopg", "sqlalchemy")) and name in (
                 "OperationalError", "InterfaceError", "ConnectionTimeout", "DisconnectionError"):
             return True
         if name == "DagsterPostgresException" or isinstance(e, (ConnectionError, TimeoutError)):
             return True
-        if module.startswith(("psycopg", "adbc_driver")) and any(
+        if module.startswith("psycopg") and any(
                 t in str(e).lower() for t in _CONNECTION_TEXT):
             return True
     return False

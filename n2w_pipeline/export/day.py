@@ -63,13 +63,6 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, (OSError, psycopg.OperationalError)):
         return True
     try:
-        from adbc_driver_manager import OperationalError as AdbcOperational
-
-        if isinstance(exc, AdbcOperational):
-            return True
-    except ImportError:  # pragma: no cover
-        pass
-    try:
         from clickhouse_connect.driver.exceptions import OperationalError as ChOperational
 
         return isinstance(exc, ChOperational)
