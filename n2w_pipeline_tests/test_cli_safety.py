@@ -53,7 +53,8 @@ def cli(settings: Settings, tmp_path, monkeypatch: pytest.MonkeyPatch) -> Iterat
         monkeypatch.delenv(key)
     env = {"N2W_DATABASE_URL": settings.database_url, "N2W_SOURCE_SCHEMA": settings.source_schema,
            "N2W_TARGET_SCHEMA": settings.target_schema, "N2W_SHIPS": ",".join(settings.ships),
-           "N2W_CHANNEL_LISTS": str(settings.channel_lists_dir), "N2W_STATE_DIR": str(tmp_path / "state")}
+           "N2W_CHANNEL_LISTS": str(settings.channel_lists_dir), "N2W_STATE_DIR": str(tmp_path / "state"),
+           "N2W_BACKFILL_NICE": "0"}  # in-process: `n2w backfill` would lower pytest's own niceness
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     yield env

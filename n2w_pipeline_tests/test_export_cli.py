@@ -47,7 +47,8 @@ def cli_env(
            "N2W_TARGET_SCHEMA": settings.target_schema, "N2W_SHIPS": ",".join(settings.ships),
            "N2W_CHANNEL_LISTS": str(settings.channel_lists_dir), "N2W_STATE_DIR": str(tmp_path / "state"),
            "N2W_PARTITION_START": settings.partition_start, "N2W_SLICE_HOURS": "12",
-           "N2W_EXPORT_RETRIES": "2", "N2W_EXPORT_RETRY_SECONDS": "0.01", "N2W_DAGSTER_PG_URL": storage}
+           "N2W_EXPORT_RETRIES": "2", "N2W_EXPORT_RETRY_SECONDS": "0.01", "N2W_DAGSTER_PG_URL": storage,
+           "N2W_BACKFILL_NICE": "0"}  # in-process: `n2w backfill` would lower pytest's own niceness
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("N2W_CLICKHOUSE_URL", raising=False)
