@@ -43,7 +43,10 @@ def main() -> int:
 
         code_location.defs.get_repository_def()  # build the definitions now, not when the run starts
         instance = DagsterInstance.from_ref(deserialize_value(ref, InstanceRef))
-    except Exception as exc:  # noqa: BLE001 (the launcher starts the run Dagster's way instead)
+    except Exception as exc:  # noqa: BLE001
+        # Idle, the launcher skips a dead spare (the next one, or Dagster's way); a run already
+        # handed over while this loaded is failed by the launcher's watcher, and owed hours
+        # are requested again.
         print(f"n2w warm run worker (pid {os.getpid()}) could not load: {exc}", file=sys.stderr)
         return 1
     with capture_interrupts(), instance:
