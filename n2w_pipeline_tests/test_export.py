@@ -84,6 +84,17 @@ def ch_frame(s: Settings, group: ChannelGroup, day: dt.date) -> pl.DataFrame:
     return frame.with_columns(pl.col("created_time").dt.replace_time_zone(None))
 
 
+def part_names(s: Settings, group: ChannelGroup) -> list[str]:
+    """The active parts of the group's ClickHouse table: a day replaced gets new ones."""
+    b = ChdbBackend(s.clickhouse_path)
+    try:
+        t = b.query_arrow("SELECT name FROM system.parts WHERE database = 'n2w' AND table = {t:String} "
+                          "AND active ORDER BY name", {"t": group.asset_name})
+    finally:
+        b.close()
+    return [str(v) for v in t.column(0).to_pylist()]
+
+
 def day_cells(conn, s: Settings, group: ChannelGroup, day: dt.date) -> tuple[set, dict]:  # noqa: ANN001
     times, cells = wide_cells(conn, s, group, SHIP)
     keep = {t for t in times if t.date() == day}
@@ -127,8 +138,10 @@ def test_exports_equal_the_wide_tables_reexport_is_idempotent_and_a_corrected_da
         # a re-export leaves ClickHouse unchanged (no duplicate row) and the files equal
         g2 = catalog.group(2)
         before, file_before = ch_frame(s, g2, D), pl.read_parquet(parquet_path(s, g2, SHIP, D))
+        parts = {g.number: part_names(s, g) for g in catalog.groups}
         assert export(s, catalog, instance, D).success
         assert ch_frame(s, g2, D).equals(before) and before.height == 480
+        assert {g.number: part_names(s, g) for g in catalog.groups} == parts  # left as it was
         assert pl.read_parquet(parquet_path(s, g2, SHIP, D)).equals(file_before)
 
         # late rows correct one hour: its wide hour is re-materialised; the refresh sensor asks
@@ -148,6 +161,9 @@ def test_exports_equal_the_wide_tables_reexport_is_idempotent_and_a_corrected_da
         assert [r.partition_key for r in tick.run_requests] == [str(day_key(SHIP, D))]
         request = tick.run_requests[0]
         assert export(s, catalog, instance, D, selection=request.asset_selection).success
+        # only the changed group's day is replaced in ClickHouse; the others stay as they were
+        now = {g.number: part_names(s, g) for g in catalog.groups}
+        assert now[2] != parts[2] and {n: now[n] for n in (1, 3)} == {n: parts[n] for n in (1, 3)}
         col = g2.columns[0]
         for frame in (pl.read_parquet(parquet_path(s, g2, SHIP, D)), ch_frame(s, g2, D)):
             got = frame.filter(pl.col("created_time") == H + HOUR)[col].to_list()
