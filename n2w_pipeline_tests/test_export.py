@@ -133,14 +133,18 @@ def test_exports_equal_the_wide_tables_reexport_is_idempotent_and_a_corrected_da
             pmd = md[f"parquet_{g.number}_{g.name}"]
             assert pmd["rows"] == 480 and pmd["bytes"] == path.stat().st_size
             assert pmd["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+            assert md[f"clickhouse_{g.number}_{g.name}"]["ship_days_unchanged"] == 0  # loaded, not kept
             assert not list(path.parent.glob(".*tmp*"))  # no temporary file left behind
 
         # a re-export leaves ClickHouse unchanged (no duplicate row) and the files equal
         g2 = catalog.group(2)
         before, file_before = ch_frame(s, g2, D), pl.read_parquet(parquet_path(s, g2, SHIP, D))
         parts = {g.number: part_names(s, g) for g in catalog.groups}
-        assert export(s, catalog, instance, D).success
+        again = export(s, catalog, instance, D)
+        assert again.success
         assert ch_frame(s, g2, D).equals(before) and before.height == 480
+        assert [m.metadata["ship_days_unchanged"].value for m in again.asset_materializations_for_node(
+            "wide_to_export") if m.asset_key.to_user_string().startswith("clickhouse")] == [1, 1, 1]
         assert {g.number: part_names(s, g) for g in catalog.groups} == parts  # left as it was
         assert pl.read_parquet(parquet_path(s, g2, SHIP, D)).equals(file_before)
 

@@ -117,6 +117,7 @@ def _materialize_md(kind: str, g: ChannelGroup, results: Sequence[DayResult], wa
         md["table"] = days[0].clickhouse_table if days else ""
         added = sorted({c for d in days for c in d.clickhouse_added})
         md["columns_added"] = dg.MetadataValue.json(added)
+        md["ship_days_unchanged"] = sum(d.clickhouse_unchanged for d in days)  # held row for row already
     return md
 
 

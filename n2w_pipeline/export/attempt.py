@@ -47,6 +47,7 @@ class GroupDay:
     clickhouse_mismatches: list[Mismatch] | None = None
     clickhouse_added: list[str] = field(default_factory=list)
     clickhouse_table: str = ""
+    clickhouse_unchanged: bool = False  # the table held the day row for row: left as it was
 
 
 def lock_key(ship: str, day: dt.date) -> tuple[int, int]:
@@ -139,6 +140,8 @@ class DayAttempt:
             self.out[n].parquet = w.publish()
         self._clock("parquet_publish")
         in_table = {n: load.replace_day(self.start_time, self.end_time) for n, load in self.loads.items()}
+        for n, load in self.loads.items():
+            self.out[n].clickhouse_unchanged = load.unchanged
         self._clock("clickhouse_replace")
         self._unlock()
         self._stack.close()
