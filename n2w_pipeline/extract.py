@@ -220,11 +220,9 @@ def frame_of_arrays(values: Sequence[bytes | None], fleet: bool = False) -> pl.D
                          "code": code, "channel": channel.alias("channel"), "num": num})
 
 
-def decode(table: object) -> pl.DataFrame:
-    """An extracted frame (``frame_of_arrays``) or Arrow table as CODED_SCHEMA: ``code``
-    split into code, status."""
-    frame = table if isinstance(table, pl.DataFrame) else pl.from_arrow(table)  # type: ignore[arg-type]
-    assert isinstance(frame, pl.DataFrame)
+def decode(frame: pl.DataFrame) -> pl.DataFrame:
+    """A one-ship read's frame (``frame_of_arrays``) as CODED_SCHEMA: ``code`` split into
+    code, status."""
     if frame.height == 0:
         return pl.DataFrame(schema=CODED_SCHEMA)
     packed = pl.col("code").cast(pl.Int32)
@@ -237,11 +235,9 @@ def decode(table: object) -> pl.DataFrame:
     )
 
 
-def decode_fleet(table: object) -> pl.DataFrame:
-    """A fleet read (``copy_fleet_query``) as CODED_SCHEMA plus ``ship``, the ship's
-    position in the read's ship list."""
-    frame = table if isinstance(table, pl.DataFrame) else pl.from_arrow(table)  # type: ignore[arg-type]
-    assert isinstance(frame, pl.DataFrame)
+def decode_fleet(frame: pl.DataFrame) -> pl.DataFrame:
+    """A fleet read's frame (``frame_of_arrays(…, fleet=True)``) as CODED_SCHEMA plus
+    ``ship``, the ship's position in the read's ship list."""
     if frame.height == 0:
         return pl.DataFrame(schema={"ship": pl.Int16, **CODED_SCHEMA})
     packed = pl.col("code").cast(pl.Int32)  # never negative
